@@ -1,0 +1,5 @@
+"""python -m cdistream"""
+
+from .cli import main
+
+main()

@@ -1,0 +1,154 @@
+"""Reconstructor: diffraction magnitudes in, amplitude/phase/support/chi2 out.
+
+Loads the sCDI/pCDI network once (Keras safe mode), runs it on the GPU when TensorFlow sees
+one and on the CPU otherwise, through one traced function per batch-size bucket so steady
+state never retraces, and optionally refines the result with a few ER/HIO iterations.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+from scipy.ndimage import binary_dilation
+
+from cdistream.errors import InvalidPatternError, ModelLoadError
+from cdistream.physics import phase_retrieval
+
+from .result import Reconstruction, finish
+
+__all__ = ["BUCKETS", "MODEL_FILE", "Reconstructor", "default_model_path"]
+
+log = logging.getLogger(__name__)
+
+BUCKETS = (1, 8, 32, 128, 256)
+MODEL_FILE = "cdi_nn.keras"
+
+
+def default_model_path() -> Path:
+    """The shipped model: ``$CDISTREAM_MODELS``, else the copy inside an installed wheel,
+    else ``models/`` of the source checkout."""
+    if env := os.environ.get("CDISTREAM_MODELS"):
+        return Path(env)
+    packaged = resources.files("cdistream") / "_models" / MODEL_FILE
+    if packaged.is_file():
+        return Path(str(packaged))
+    return Path(__file__).resolve().parents[2] / "models" / MODEL_FILE
+
+
+def validate_magnitudes(magnitudes: np.ndarray, n: int) -> np.ndarray:
+    """(N, N) or (k, N, N) finite, non-negative, non-empty patterns -> float32 (k, N, N)."""
+    m = np.asarray(magnitudes)
+    if m.dtype.kind not in "fiu":
+        raise InvalidPatternError(f"magnitudes must be numeric, got dtype {m.dtype}")
+    if m.ndim == 2:
+        m = m[None]
+    if m.ndim != 3 or m.shape[1:] != (n, n):
+        raise InvalidPatternError(f"expected shape ({n}, {n}) or (k, {n}, {n}), got {m.shape}")
+    m = m.astype(np.float32, copy=False)
+    bad = ~np.isfinite(m).all(axis=(1, 2))
+    if bad.any():
+        raise InvalidPatternError(f"non-finite values in pattern(s) {np.flatnonzero(bad).tolist()}")
+    if (m < 0).any():
+        raise InvalidPatternError("magnitudes must be non-negative (square root of counts)")
+    empty = m.max(axis=(1, 2)) <= 0
+    if empty.any():
+        raise InvalidPatternError(f"pattern(s) {np.flatnonzero(empty).tolist()} hold no signal")
+    return m
+
+
+class Reconstructor:
+    """The sCDI/pCDI pair behind one call: ``Reconstructor.load().reconstruct(magnitudes)``."""
+
+    def __init__(self, model, source: str = "<in memory>"):
+        import tensorflow as tf
+
+        self._model = model
+        self.source = source
+        self.n = int(model.inputs[0].shape[1])
+        self.trace_count = 0  # grows only while tracing: a test guard against retracing
+        self._fns = {}
+        for size in BUCKETS:
+            spec = tf.TensorSpec((size, self.n, self.n), tf.float32)
+            self._fns[size] = tf.function(
+                self._forward, input_signature=[spec], reduce_retracing=False
+            )
+        self.device = "GPU" if tf.config.list_physical_devices("GPU") else "CPU"
+
+    def _forward(self, x):
+        self.trace_count += 1  # Python side effect: runs once per trace, never per call
+        out = self._model(x, training=False)
+        return out["scdi"], out["pcdi"]
+
+    @classmethod
+    def load(cls, path: str | Path | None = None) -> Reconstructor:
+        """Load a saved model (a ``.keras`` file or a directory holding ``cdi_nn.keras``)."""
+        import keras
+
+        from . import model as _registers_layers  # noqa: F401  (custom layer for safe mode)
+
+        path = Path(path) if path is not None else default_model_path()
+        if path.is_dir():
+            path = path / MODEL_FILE
+        if not path.is_file():
+            raise ModelLoadError(f"no model at {path}; see training/README.md to produce one")
+        try:
+            model = keras.saving.load_model(path, compile=False, safe_mode=True)
+        except Exception as exc:  # keras raises many types; callers need one
+            raise ModelLoadError(f"cannot load {path}: {exc}") from exc
+        log.info("loaded %s", path)
+        return cls(model, str(path))
+
+    def warm_up(self) -> None:
+        """Trace and run every bucket once, so the first real frame pays no compile cost."""
+        for size, fn in self._fns.items():
+            fn(np.ones((size, self.n, self.n), np.float32))
+
+    def predict(self, magnitudes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Raw network outputs (amplitude, phase) for validated (k, N, N) float32 patterns."""
+        amps, phases = [], []
+        for start in range(0, len(magnitudes), BUCKETS[-1]):
+            chunk = magnitudes[start : start + BUCKETS[-1]]
+            size = next(b for b in BUCKETS if b >= len(chunk))
+            if size != len(chunk):
+                pad = np.ones((size - len(chunk), self.n, self.n), np.float32)
+                chunk = np.concatenate([chunk, pad])
+            amp, phase = self._fns[size](chunk)
+            k = min(len(magnitudes) - start, size)
+            amps.append(amp.numpy()[:k])
+            phases.append(phase.numpy()[:k])
+        return np.concatenate(amps), np.concatenate(phases)
+
+    def reconstruct(self, magnitudes: np.ndarray, refine: int = 0) -> Reconstruction:
+        """Invert (N, N) or (k, N, N) magnitudes at any scale, zero frequency at N//2.
+
+        ``refine`` > 0 runs that many ER/HIO iterations started from the networks' output and
+        support (AutoPhaseNN-style): slower, usually closer to the data.
+        """
+        m = validate_magnitudes(magnitudes, self.n)
+        amp, phase = self.predict(m)
+        result = finish(m, amp, phase)
+        if refine > 0:
+            result = refine_result(m, result, refine)
+        return result
+
+
+def refine_result(measured: np.ndarray, start: Reconstruction, iterations: int) -> Reconstruction:
+    """Polish network reconstructions with ER/HIO and shrink-wrap, seeded by their support."""
+    support = binary_dilation(start.support, structure=np.ones((1, 3, 3), bool))
+    hio = max(iterations * 3 // 5, 0)
+    obj = phase_retrieval(
+        measured,
+        iterations,
+        start=start.complex_object(),
+        support=support,
+        hio_cycle=hio,
+        er_cycle=iterations - hio,
+        shrinkwrap_every=max(iterations // 5, 1),
+        sigma=(1.0, 0.6),
+        average_last=max(iterations // 5, 1),
+    )
+    return finish(measured, np.abs(obj), np.angle(obj))

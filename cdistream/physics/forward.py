@@ -1,0 +1,112 @@
+"""Forward model and its conventions: far-field magnitudes with zero frequency at [N//2, N//2],
+photon noise, scale normalisation, reciprocal-space chi2, and the trivial ambiguities."""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.fft
+
+__all__ = [
+    "centre",
+    "centre_of_mass",
+    "chi2",
+    "diffraction_magnitudes",
+    "fourier_shift",
+    "normalise_magnitudes",
+    "poisson_magnitudes",
+    "predicted_intensity",
+    "twin",
+]
+
+
+def diffraction_magnitudes(obj: np.ndarray) -> np.ndarray:
+    """|FT| of complex object(s) over the last two axes, fftshifted (zero frequency at N//2)."""
+    field = scipy.fft.fft2(obj, axes=(-2, -1))
+    return np.abs(scipy.fft.fftshift(field, axes=(-2, -1))).astype(np.float32)
+
+
+def predicted_intensity(amplitude: np.ndarray, phase: np.ndarray) -> np.ndarray:
+    """Far-field intensity of a reconstruction given as amplitude and phase."""
+    return diffraction_magnitudes(amplitude * np.exp(1j * phase)) ** 2
+
+
+def poisson_magnitudes(
+    magnitudes: np.ndarray, photons: float | np.ndarray, rng: np.random.Generator
+) -> np.ndarray:
+    """Photon-counting noise: scale each pattern so its brightest pixel holds ``photons``
+    counts (a scalar, or an array broadcasting against the batch), draw Poisson counts and
+    return their square root (measured magnitudes)."""
+    intensity = np.asarray(magnitudes, dtype=np.float64) ** 2
+    peak = intensity.max(axis=(-2, -1), keepdims=True)
+    counts = rng.poisson(intensity * (photons / np.maximum(peak, 1e-30)))
+    return np.sqrt(counts).astype(np.float32)
+
+
+def normalise_magnitudes(magnitudes: np.ndarray) -> np.ndarray:
+    """Divide each pattern by its maximum so that absolute flux and exposure drop out.
+
+    All-zero patterns stay zero; callers that care reject them before this point.
+    """
+    m = np.asarray(magnitudes, dtype=np.float32)
+    peak = m.max(axis=(-2, -1), keepdims=True)
+    return np.divide(m, peak, out=np.zeros_like(m), where=peak > 0)
+
+
+def chi2(measured: np.ndarray, amplitude: np.ndarray, phase: np.ndarray) -> np.ndarray:
+    """sum((I_meas - s I_pred)^2) / sum(I_meas^2) per pattern, where ``measured`` are
+    magnitudes at any scale and s is the least-squares scale between the two intensities."""
+    i_meas = np.asarray(measured, dtype=np.float64) ** 2
+    i_pred = predicted_intensity(amplitude, phase).astype(np.float64)
+    axes = (-2, -1)
+    scale = (i_meas * i_pred).sum(axes) / np.maximum((i_pred**2).sum(axes), 1e-30)
+    residual = ((i_meas - scale[..., None, None] * i_pred) ** 2).sum(axes)
+    return (residual / np.maximum((i_meas**2).sum(axes), 1e-30)).astype(np.float32)
+
+
+def fourier_shift(obj: np.ndarray, shift: np.ndarray) -> np.ndarray:
+    """Shift complex object(s) (n, N, N) by sub-pixel ``shift`` (n, 2) through a linear phase
+    in reciprocal space: exactly magnitude-preserving, so a true ambiguity of the data."""
+    n = obj.shape[-1]
+    k = scipy.fft.fftfreq(n)
+    ramp = np.exp(
+        -2j * np.pi * (shift[:, 0, None, None] * k[:, None] + shift[:, 1, None, None] * k[None, :])
+    )
+    return scipy.fft.ifft2(scipy.fft.fft2(obj, axes=(-2, -1)) * ramp, axes=(-2, -1))
+
+
+def centre_of_mass(amplitude: np.ndarray) -> np.ndarray:
+    """Circular centre of mass (row, col) of (n, N, N) amplitudes, shape (n, 2): objects
+    that straddle the edge of the periodic grid are handled too."""
+    n = amplitude.shape[-1]
+    phasor = np.exp(2j * np.pi * np.arange(n) / n)
+    total = np.maximum(amplitude.sum(axis=(-2, -1)), 1e-30)
+    rows = (amplitude.sum(axis=-1) * phasor).sum(-1) / total
+    cols = (amplitude.sum(axis=-2) * phasor).sum(-1) / total
+    return np.stack([np.angle(rows), np.angle(cols)], axis=-1) * n / (2 * np.pi) % n
+
+
+def centre(obj: np.ndarray) -> np.ndarray:
+    """Shift each object (sub-pixel, in Fourier space) so the centre of mass of its amplitude
+    sits exactly on [N//2, N//2].
+
+    This fixes the translation ambiguity for training targets. Integer rounding would not:
+    objects a fraction of a pixel apart have the same magnitudes, and a network asked for
+    differently rounded targets learns their blurred average.
+    """
+    obj = np.asarray(obj)
+    batch = obj.reshape(-1, *obj.shape[-2:])
+    n = batch.shape[-1]
+    out = batch
+    for _ in range(2):  # a second pass removes what the first one's ringing moved
+        shift = n // 2 - centre_of_mass(np.abs(out))
+        out = fourier_shift(out, (shift + n / 2) % n - n / 2)  # the shortest way round
+    return out.astype(np.result_type(obj.dtype, np.complex64)).reshape(obj.shape)
+
+
+def twin(obj: np.ndarray) -> np.ndarray:
+    """The twin image: centro-symmetric inversion about [N//2, N//2] plus complex conjugate.
+
+    An object and its twin have identical diffraction magnitudes.
+    """
+    flipped = np.flip(np.asarray(obj), axis=(-2, -1))
+    return np.conj(np.roll(flipped, (1, 1), axis=(-2, -1)))

@@ -1,0 +1,51 @@
+"""The internal messages every detector decoder produces and the service consumes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+__all__ = ["DecodeError", "Frame", "Message", "SeriesEnd", "SeriesStart"]
+
+
+class DecodeError(ValueError):
+    """A message that cannot be decoded; ``reason`` is the short name it is counted under."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class SeriesStart:
+    """A detector series begins: geometry, optional pixel mask, free-form metadata
+    (beam centre, pixel size, wavelength, distance, count time ...)."""
+
+    series: int
+    shape: tuple[int, int]  # rows, cols
+    dtype: str
+    mask: np.ndarray | None = None  # bool (rows, cols), True = do not use
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One detector image. ``image`` may be a read-only view on the received buffer."""
+
+    series: int
+    frame: int
+    timestamp: float  # seconds since the epoch, when the detector produced it
+    image: np.ndarray
+
+
+@dataclass(frozen=True)
+class SeriesEnd:
+    """A detector series ends after ``frames`` images were sent."""
+
+    series: int
+    frames: int
+
+
+Message = SeriesStart | Frame | SeriesEnd

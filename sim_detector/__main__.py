@@ -1,0 +1,70 @@
+"""python -m sim_detector: stream a simulated (or replayed) detector series over ZeroMQ."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from dataclasses import asdict
+
+from .frames import DetectorModel
+from .publisher import DetectorPublisher, scenario_frames
+from .replay import open_frames
+from .scenario import SCENARIOS, Scenario
+
+
+def _shape(text: str) -> tuple[int, int]:
+    rows, cols = (int(v) for v in text.lower().split("x"))
+    return rows, cols
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m sim_detector", description=__doc__)
+    p.add_argument("--bind", default="tcp://127.0.0.1:9999", help="address to bind")
+    p.add_argument("--socket", choices=("pub", "push"), default="pub")
+    p.add_argument("--frames", type=int, default=100)
+    p.add_argument(
+        "--rate", type=float, default=None, help="frames/s (default: as fast as possible)"
+    )
+    p.add_argument("--scenario", choices=SCENARIOS, default="operando")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--series", type=int, default=1)
+    p.add_argument("--shape", type=_shape, default=(512, 512), help="ROWSxCOLS, e.g. 514x1030")
+    p.add_argument("--dtype", choices=("uint16", "uint32"), default="uint16")
+    p.add_argument("--photons", type=float, default=3e4, help="counts in the brightest pixel")
+    p.add_argument("--drift", type=float, default=0.5, help="peak drift in pixels per frame")
+    p.add_argument("--replay", help="HDF5 file of frames to send instead of a simulation")
+    p.add_argument("--wait", type=float, default=10.0, help="seconds to wait for a subscriber")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+
+    with DetectorPublisher(args.bind, args.socket) as pub:
+        logging.info("sim_detector on %s (%s)", pub.address, args.socket)
+        pub.wait_for_subscriber(args.wait)
+        if args.replay:
+            count, shape, dtype, mask, images = open_frames(args.replay)
+            meta = {"source": args.replay}
+        else:
+            detector = DetectorModel(args.shape, args.dtype, args.photons, seed=args.seed)
+            scenario = Scenario(args.scenario, args.seed, args.frames, args.shape, args.drift)
+            count, shape, dtype, mask = args.frames, args.shape, args.dtype, detector.mask()
+            images = scenario_frames(scenario, detector, args.frames, args.seed)
+            meta = {"scenario": args.scenario, "seed": args.seed, "detector": asdict(detector)}
+        report = pub.run_series(args.series, shape, dtype, images, args.rate, mask, meta)
+    logging.info(
+        "series %d: %s",
+        args.series,
+        json.dumps(
+            {
+                "sent": report.sent,
+                "of": count,
+                "seconds": round(report.seconds, 3),
+                "rate": round(report.rate, 1),
+                "held_rate": report.held_rate,
+            }
+        ),
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,124 @@
+"""Publish detector series over ZeroMQ as a real detector does: a start message, frames at a
+target rate with a counter and timestamps, an end message."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import zmq
+
+from cdistream.wire import Frame, SeriesEnd, SeriesStart, native
+
+from .frames import DetectorModel
+from .scenario import Scenario
+
+__all__ = ["DetectorPublisher", "SeriesReport", "scenario_frames"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SeriesReport:
+    """What a series achieved: frames sent, seconds, rate reached against the target."""
+
+    series: int
+    sent: int = 0
+    seconds: float = 0.0
+    target_rate: float | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def rate(self) -> float:
+        return self.sent / self.seconds if self.seconds > 0 else float("inf")
+
+    @property
+    def held_rate(self) -> bool:
+        """True when no target was set or at least 95% of it was reached."""
+        return self.target_rate is None or self.rate >= 0.95 * self.target_rate
+
+
+class DetectorPublisher:
+    """A bound PUB (default) or PUSH socket speaking the native stream format."""
+
+    def __init__(self, address: str, socket: str = "pub", context: zmq.Context | None = None):
+        self._ctx = context or zmq.Context.instance()
+        kind = {"pub": zmq.XPUB, "push": zmq.PUSH}[socket]
+        self.kind = socket
+        self._sock = self._ctx.socket(kind)
+        self._sock.linger = 0
+        self._sock.sndhwm = 100_000  # a detector buffers, it does not block
+        self._sock.bind(address)
+        self.address = self._sock.getsockopt_string(zmq.LAST_ENDPOINT)
+
+    def wait_for_subscriber(self, timeout: float = 10.0) -> bool:
+        """PUB drops everything sent before a subscriber joins: wait for one (XPUB tells).
+        PUSH queues until a peer connects, so it returns at once."""
+        if self.kind != "pub":
+            return True
+        if self._sock.poll(int(timeout * 1000)):
+            self._sock.recv()  # the subscription message
+            return True
+        log.warning("no subscriber on %s after %.1f s; sending anyway", self.address, timeout)
+        return False
+
+    def send(self, message: SeriesStart | Frame | SeriesEnd) -> None:
+        self._sock.send_multipart(native.encode(message), copy=False)
+
+    def send_raw(self, parts: list[bytes]) -> None:
+        """Send arbitrary parts (tests use it to inject malformed messages)."""
+        self._sock.send_multipart(parts)
+
+    def run_series(
+        self,
+        series: int,
+        shape: tuple[int, int],
+        dtype: str,
+        images: Iterable[np.ndarray],
+        rate: float | None = None,
+        mask: np.ndarray | None = None,
+        meta: dict[str, Any] | None = None,
+    ) -> SeriesReport:
+        """Start, every image as a frame at ``rate`` frames/s (as fast as possible if None),
+        end. Reports when the rate could not be held."""
+        report = SeriesReport(series, target_rate=rate, meta=meta or {})
+        self.send(SeriesStart(series, shape, dtype, mask, report.meta))
+        interval = 1.0 / rate if rate else 0.0
+        start = time.perf_counter()
+        for i, image in enumerate(images):
+            if interval:
+                delay = start + i * interval - time.perf_counter()
+                if delay > 0:
+                    time.sleep(delay)
+            self.send(Frame(series, i, time.time(), image))
+            report.sent += 1
+        report.seconds = time.perf_counter() - start
+        self.send(SeriesEnd(series, report.sent))
+        if not report.held_rate:
+            log.warning(
+                "series %d: reached %.0f frames/s of the %.0f asked", series, report.rate, rate
+            )
+        return report
+
+    def close(self) -> None:
+        self._sock.close(linger=0)
+
+    def __enter__(self) -> DetectorPublisher:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def scenario_frames(
+    scenario: Scenario, detector: DetectorModel, count: int, seed: int = 0
+) -> Iterator[np.ndarray]:
+    """The frames of ``scenario`` as ``detector`` records them, reproducibly."""
+    rng = np.random.default_rng(seed)
+    for i in range(count):
+        truth = scenario.truth(i)
+        yield detector.render(truth.obj, truth.peak_row, truth.peak_col, rng)

@@ -1,0 +1,92 @@
+"""Shared fixtures: real models (a tiny untrained one for plumbing, the shipped one for
+quality), real sockets on 127.0.0.1 with ephemeral ports, and a document sink that polls."""
+
+from __future__ import annotations
+
+import time
+
+import event_model
+import numpy as np
+import pytest
+import zmq
+
+from cdistream import Reconstructor
+from cdistream.wire import unpackb
+
+LOOPBACK = "tcp://127.0.0.1:*"
+
+
+@pytest.fixture(scope="session")
+def tiny_reconstructor() -> Reconstructor:
+    """An untrained, very small network: real TensorFlow, fast, meaningless output."""
+    import keras
+
+    from cdistream.inference.model import build_cdi_nn
+
+    keras.utils.set_random_seed(0)
+    rec = Reconstructor(build_cdi_nn(32, (4, 8, 8)))
+    rec.warm_up()
+    return rec
+
+
+@pytest.fixture(scope="session")
+def shipped() -> Reconstructor:
+    rec = Reconstructor.load()
+    rec.warm_up()
+    return rec
+
+
+@pytest.fixture
+def context():
+    ctx = zmq.Context()
+    yield ctx
+    ctx.destroy(linger=0)
+
+
+class DocumentSink:
+    """A SUB socket on the feedback channel that decodes Bluesky 0MQ messages with msgpack."""
+
+    def __init__(self, context: zmq.Context, address: str):
+        self.sock = context.socket(zmq.SUB)
+        self.sock.linger = 0
+        self.sock.setsockopt(zmq.SUBSCRIBE, b"")
+        self.sock.connect(address)
+        self.docs: list[tuple[str, dict]] = []
+
+    def collect_until(self, done, timeout: float = 60.0) -> list[tuple[str, dict]]:
+        """Receive until ``done(docs)`` is true; fail after ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        while not done(self.docs):
+            left = deadline - time.monotonic()
+            assert left > 0, f"gave up after {timeout} s; got {[n for n, _ in self.docs]}"
+            if self.sock.poll(int(min(left, 0.5) * 1000)):
+                _prefix, name, payload = self.sock.recv().split(b" ", 2)
+                self.docs.append((name.decode(), unpackb(payload)))
+        return self.docs
+
+    def collect(self, stops: int = 1, timeout: float = 60.0) -> list[tuple[str, dict]]:
+        """Receive until ``stops`` stop documents arrived."""
+        return self.collect_until(lambda docs: sum(n == "stop" for n, _ in docs) >= stops, timeout)
+
+    def events(self, stream: str = "primary") -> list[dict]:
+        uids = {d["uid"] for n, d in self.docs if n == "descriptor" and d["name"] == stream}
+        return [d for n, d in self.docs if n == "event" and d["descriptor"] in uids]
+
+    def of(self, name: str) -> list[dict]:
+        return [d for n, d in self.docs if n == name]
+
+
+def validate(docs: list[tuple[str, dict]]) -> None:
+    """Every document passes event-model's schema validation."""
+    for name, doc in docs:
+        event_model.schema_validators[event_model.DocumentNames[name]].validate(
+            {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in doc.items()}
+            if name != "event"
+            else {
+                **doc,
+                "data": {
+                    k: (v.tolist() if isinstance(v, np.ndarray) else v)
+                    for k, v in doc["data"].items()
+                },
+            }
+        )
