@@ -1,5 +1,6 @@
 """A simulated pixel detector that streams Bragg CDI frames over ZeroMQ as a real one does."""
 
+from .device import SimDetector
 from .frames import DetectorModel
 from .publisher import DetectorPublisher, SeriesReport, scenario_frames
 from .scenario import SCENARIOS, FrameTruth, Scenario
@@ -11,5 +12,6 @@ __all__ = [
     "FrameTruth",
     "Scenario",
     "SeriesReport",
+    "SimDetector",
     "scenario_frames",
 ]

@@ -78,12 +78,15 @@ class Scenario:
         col = c0 + _reflect(pos[1] - c0, c1 - c0)
         return float(row), float(col)
 
+    def truth_at(self, strain_scale: float) -> np.ndarray:
+        """The crystal with ``strain_scale`` (0..1) of its final strain phase."""
+        return (self._amplitude * np.exp(1j * self._phase * strain_scale)).astype(np.complex64)
+
     def truth(self, frame: int) -> FrameTruth:
         """Ground truth of frame ``frame`` (0-based)."""
         scale = self.strain_scale(frame)
-        obj = (self._amplitude * np.exp(1j * self._phase * scale)).astype(np.complex64)
         row, col = self.peak(frame)
-        return FrameTruth(obj, row, col, scale)
+        return FrameTruth(self.truth_at(scale), row, col, scale)
 
 
 def _reflect(x: float, span: float) -> float:

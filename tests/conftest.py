@@ -3,6 +3,7 @@ quality), real sockets on 127.0.0.1 with ephemeral ports, and a document sink th
 
 from __future__ import annotations
 
+import socket
 import time
 
 import event_model
@@ -90,3 +91,10 @@ def validate(docs: list[tuple[str, dict]]) -> None:
                 },
             }
         )
+
+
+def free_port() -> int:
+    """A loopback port nobody listens on right now (for programs that want a fixed address)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

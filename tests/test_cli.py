@@ -16,16 +16,7 @@ from cdistream.demo import run_demo
 from cdistream.wire import Frame, SeriesStart
 from sim_detector import DetectorModel, DetectorPublisher, Scenario, scenario_frames
 
-from .conftest import LOOPBACK, DocumentSink
-
-
-def free_port(context) -> int:
-    import zmq
-
-    s = context.socket(zmq.PUB)
-    port = s.bind_to_random_port("tcp://127.0.0.1")
-    s.close(linger=0)
-    return port
+from .conftest import LOOPBACK, DocumentSink, free_port
 
 
 @pytest.mark.slow
@@ -34,7 +25,7 @@ def test_serve_drains_and_closes_the_run_on_sigterm(tiny_reconstructor, context,
     model = tmp_path / "tiny.keras"
     tiny_reconstructor._model.save(model)
     det = DetectorModel(shape=(96, 96))
-    feedback = f"tcp://127.0.0.1:{free_port(context)}"
+    feedback = f"tcp://127.0.0.1:{free_port()}"
     with DetectorPublisher(LOOPBACK, context=context) as pub:
         proc = subprocess.Popen(
             [

@@ -56,7 +56,13 @@ class Receiver:
     def _run(self) -> None:
         while not self._stop.is_set():
             if self._sock.poll(50):
-                self.handle(self._sock.recv_multipart(copy=False))
+                parts = self._sock.recv_multipart(copy=False)
+                try:
+                    self.handle(parts)
+                except Exception:  # a bug must cost one message, never the service
+                    log.exception("could not process a message")
+                    self._acct.received(None)
+                    self._acct.rejected(None, "internal_error")
 
     def _reject(
         self, series: int | None, reason: str, detail: str, frame: int | None = None
@@ -106,6 +112,9 @@ class Receiver:
             crop = extract(frame.image, self._roi, self._series.mask)
         except RoiRejected as exc:
             self._reject(frame.series, exc.reason, f"frame {frame.frame}: {exc}", frame.frame)
+            return
+        except Exception as exc:  # numpy on hostile data: reject the frame, keep serving
+            self._reject(frame.series, "roi_error", f"frame {frame.frame}: {exc!r}", frame.frame)
             return
         self._queue.put(FrameItem(frame.series, frame.frame, frame.timestamp, crop))
 

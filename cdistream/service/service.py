@@ -133,7 +133,13 @@ class Service:
                 if self._stop.is_set() and len(self._queue) == 0:
                     return
             elif isinstance(work, list):
-                self._reconstruct(work)
+                try:
+                    self._reconstruct(work)
+                except Exception:  # one bad batch must not stop the service: count, go on
+                    log.exception("inference failed on %d frames", len(work))
+                    for item in work:
+                        self.accounting.rejected(item.series, "inference_error")
+                        self._reject(Rejection(item.series, item.frame, "inference_error"))
             elif isinstance(work, SeriesStart):
                 self._open_run(work)
             elif isinstance(work, SeriesEnd):
