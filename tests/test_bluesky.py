@@ -123,6 +123,25 @@ def test_trigger_times_out_clearly_when_no_service_runs(context):
         nobody.close(linger=0)
 
 
+def test_trigger_times_out_when_the_frame_never_comes(tiny_reconstructor, loop_factory):
+    from ophyd import Signal
+
+    lp = loop_factory(tiny_reconstructor, timeout=0.5)
+    never = ReconstructionMonitor(
+        lp.service.feedback.address,
+        frame_signal=Signal(value=999, name="n"),
+        timeout=0.5,
+        name="never",
+    )
+    try:
+        with pytest.raises(FailedStatus) as info:
+            lp.RE(bp.count([lp.det, never], num=1))
+        error = info.value.args[0].exception()
+        assert isinstance(error, ReconstructionTimeout) and "frame 999" in str(error)
+    finally:
+        never.destroy()
+
+
 def test_a_rejected_frame_fails_the_trigger_with_the_reason(tiny_reconstructor, loop_factory):
     dark = DetectorModel(shape=(128, 128), photons=0.0, hot_pixels=2, gap_rows=0)
     lp = loop_factory(tiny_reconstructor, detector=dark)
@@ -150,6 +169,11 @@ def test_track_peak_holds_a_drifting_peak(tiny_reconstructor, loop_factory):
     assert abs(row.position) + abs(col.position) > 30, "the motors did the work"
     (stop,) = [d for n, d in lp.docs if n == "stop"]
     assert stop["exit_status"] == "success"
+    validate(lp.docs)
+    table = ReconstructionTable(max_chi2=np.inf, out=lambda row: None)
+    for name, doc in lp.docs:
+        table(name, doc)
+    assert table.accepted == 40
 
 
 @pytest.mark.slow

@@ -22,7 +22,8 @@ SMALL = DetectorModel(shape=(128, 128), hot_pixels=3, gap_rows=2)
 
 
 def start_service(rec, context, pub, **overrides):
-    config = ServiceConfig(input=pub.address, feedback=LOOPBACK, status_interval=0.5, **overrides)
+    settings = {"status_interval": 0.5, **overrides}
+    config = ServiceConfig(input=pub.address, feedback=LOOPBACK, **settings)
     service = Service(config, rec, context).start()
     sink = DocumentSink(context, service.feedback.address)
     assert pub.wait_for_subscriber(10), "the service subscribes to the detector"
@@ -204,3 +205,22 @@ def test_shipped_models_match_ground_truth_end_to_end(shipped, context):
             abs(e["data"]["peak_row"] - round(row)) <= 1
             and abs(e["data"]["peak_col"] - round(col)) <= 1
         )
+
+
+def test_pull_socket_and_status_log(tiny_reconstructor, context, caplog):
+    import logging
+
+    caplog.set_level(logging.INFO, logger="cdistream.service.service")
+    with DetectorPublisher(LOOPBACK, "push", context) as pub:
+        service, sink = start_service(
+            tiny_reconstructor, context, pub, socket="pull", status_interval=0.05
+        )
+        try:
+            assert service.feedback.wait_for_subscribers(1, 10)
+            send_series(pub, 30, rate=100)
+            (stop,) = [d for n, d in sink.collect() if n == "stop"]
+        finally:
+            service.stop()
+    assert stop["cdistream"]["reconstructed"] == 30
+    status = [r.getMessage() for r in caplog.records if r.getMessage().startswith("status:")]
+    assert status and "'received'" in status[-1], "a periodic status line with the counts"
