@@ -42,6 +42,8 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
 
 
 def serve(args: argparse.Namespace) -> None:
+    import zmq
+
     from cdistream.roi import RoiConfig
     from cdistream.service import Service, ServiceConfig
 
@@ -64,7 +66,9 @@ def serve(args: argparse.Namespace) -> None:
     service.start()
     done.wait()
     logging.getLogger("cdistream").info("shutting down: draining the queue")
-    print(json.dumps(service.stop()))  # noqa: T201  (the command's result)
+    counts = service.stop()
+    zmq.Context.instance().term()  # returns once the stop document is out (or linger passed)
+    print(json.dumps(counts))  # noqa: T201  (the command's result)
 
 
 def demo(args: argparse.Namespace) -> None:
@@ -90,6 +94,17 @@ def demo(args: argparse.Namespace) -> None:
     print("\n".join(lines))  # noqa: T201  (the command's result)
 
 
+def bench(args: argparse.Namespace) -> None:
+    from cdistream.bench import format_table, plot_latency, run_bench, write_json
+
+    results = run_bench(args.quick, args.models)
+    print(format_table(results))  # noqa: T201  (the command's result)
+    if args.json:
+        write_json(results, args.json)
+    if args.plot:
+        plot_latency(results, args.plot)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="cdistream", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -101,10 +116,15 @@ def main(argv: list[str] | None = None) -> None:
     d.add_argument("--rate", type=float, default=40.0)
     d.add_argument("--scenario", default="operando")
     d.add_argument("--seed", type=int, default=0)
+    b = sub.add_parser("bench", help="measure speed and memory on this machine")
+    b.add_argument("--quick", action="store_true", help="a run under two minutes")
+    b.add_argument("--json", type=Path, default=None, help="write the results here")
+    b.add_argument("--plot", type=Path, default=None, help="PNG of latency against input rate")
+    b.add_argument("--models", type=Path, default=None)
     args = parser.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    {"serve": serve, "demo": demo}[args.command](args)
+    {"serve": serve, "demo": demo, "bench": bench}[args.command](args)

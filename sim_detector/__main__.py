@@ -7,6 +7,8 @@ import json
 import logging
 from dataclasses import asdict
 
+import zmq
+
 from .frames import DetectorModel
 from .publisher import DetectorPublisher, scenario_frames
 from .replay import open_frames
@@ -35,6 +37,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--drift", type=float, default=0.5, help="peak drift in pixels per frame")
     p.add_argument("--replay", help="HDF5 file of frames to send instead of a simulation")
     p.add_argument("--wait", type=float, default=10.0, help="seconds to wait for a subscriber")
+    p.add_argument(
+        "--cycle",
+        type=int,
+        default=0,
+        help="render this many frames once and repeat them (for load tests)",
+    )
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
 
@@ -49,8 +57,12 @@ def main(argv: list[str] | None = None) -> None:
             scenario = Scenario(args.scenario, args.seed, args.frames, args.shape, args.drift)
             count, shape, dtype, mask = args.frames, args.shape, args.dtype, detector.mask()
             images = scenario_frames(scenario, detector, args.frames, args.seed)
+            if args.cycle:
+                rendered = list(scenario_frames(scenario, detector, args.cycle, args.seed))
+                images = (rendered[i % args.cycle] for i in range(args.frames))
             meta = {"scenario": args.scenario, "seed": args.seed, "detector": asdict(detector)}
         report = pub.run_series(args.series, shape, dtype, images, args.rate, mask, meta)
+    zmq.Context.instance().term()  # returns once queued frames are out (or the linger passed)
     logging.info(
         "series %d: %s",
         args.series,

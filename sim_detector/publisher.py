@@ -50,7 +50,7 @@ class DetectorPublisher:
         kind = {"pub": zmq.XPUB, "push": zmq.PUSH}[socket]
         self.kind = socket
         self._sock = self._ctx.socket(kind)
-        self._sock.linger = 0
+        self._sock.linger = 2000  # on close, still deliver what is queued (the series end)
         self._sock.sndhwm = 100_000  # a detector buffers, it does not block
         self._sock.bind(address)
         self.address = self._sock.getsockopt_string(zmq.LAST_ENDPOINT)
@@ -105,7 +105,7 @@ class DetectorPublisher:
         return report
 
     def close(self) -> None:
-        self._sock.close(linger=0)
+        self._sock.close()
 
     def __enter__(self) -> DetectorPublisher:
         return self

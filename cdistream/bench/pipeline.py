@@ -1,0 +1,169 @@
+"""Pipeline measurements over real loopback sockets: the simulated detector in its own process
+(pre-rendered frames, as fast as asked), the service in this one, a consumer thread that
+timestamps every event on receipt."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import time
+from contextlib import contextmanager
+
+import numpy as np
+import zmq
+
+from cdistream.inference import Reconstructor
+from cdistream.roi import RoiConfig
+from cdistream.service import Accounting, Service, ServiceConfig
+from cdistream.service.queue import FrameQueue
+from cdistream.service.receiver import Receiver
+from cdistream.wire import unpackb
+
+__all__ = ["end_to_end", "ingest_rate"]
+
+LOOPBACK = "tcp://127.0.0.1"
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def _detector(frames: int, rate: float | None, socket: str, shape: tuple[int, int]):
+    """A sim_detector process bound on a free port; yields its address."""
+    address = f"{LOOPBACK}:{_free_port()}"
+    cmd = [
+        sys.executable,
+        "-m",
+        "sim_detector",
+        "--bind",
+        address,
+        "--socket",
+        socket,
+        "--frames",
+        str(frames),
+        "--cycle",
+        "16",
+        "--scenario",
+        "static",
+        "--shape",
+        f"{shape[0]}x{shape[1]}",
+        "--wait",
+        "30",
+    ]
+    if rate:
+        cmd += ["--rate", str(rate)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        yield address
+        proc.wait(timeout=600)
+    finally:
+        proc.kill()
+
+
+class _Consumer(threading.Thread):
+    """Counts events and measures latency from the frame's timestamp to receipt here."""
+
+    def __init__(self, address: str):
+        super().__init__(daemon=True)
+        self.sock = zmq.Context.instance().socket(zmq.SUB)
+        self.sock.linger = 0
+        self.sock.setsockopt(zmq.SUBSCRIBE, b"")
+        self.sock.connect(address)
+        self.latency: list[float] = []
+        self.first = self.last = None
+        self.stop_doc: dict | None = None
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        while not self.done.is_set():
+            if not self.sock.poll(100):
+                continue
+            _, name, payload = self.sock.recv().split(b" ", 2)
+            now = time.time()
+            if name == b"event":
+                doc = unpackb(payload)
+                if "frame" in doc["timestamps"] and "chi2" in doc["data"]:
+                    self.latency.append(now - doc["timestamps"]["frame"])
+                    self.first = self.first or now
+                    self.last = now
+            elif name == b"stop":
+                self.stop_doc = unpackb(payload)
+                self.done.set()
+        self.sock.close()
+
+
+def end_to_end(
+    rec: Reconstructor,
+    frames: int,
+    rate: float | None = None,
+    shape: tuple[int, int] = (512, 512),
+    max_batch: int = 256,
+    max_wait_ms: float = 5.0,
+) -> dict:
+    """One series through detector -> service -> consumer. Without ``rate`` the detector
+    pushes as fast as the pipeline takes (PUSH/PULL back-pressure, nothing lost); with a rate
+    it publishes on PUB/SUB like a live detector and the service drops under overload."""
+    socket = "pub" if rate else "push"
+    with _detector(frames, rate, socket, shape) as address:
+        config = ServiceConfig(
+            input=address,
+            socket={"pub": "sub", "push": "pull"}[socket],
+            feedback=f"{LOOPBACK}:*",
+            max_batch=max_batch,
+            max_wait_ms=max_wait_ms,
+            status_interval=3600,
+        )
+        service = Service(config, rec)
+        consumer = _Consumer(service.feedback.address)
+        consumer.start()
+        service.start()
+        service.feedback.wait_for_subscribers(1, 10)
+        consumer.done.wait(timeout=600)
+        service.stop()
+    counts = consumer.stop_doc["cdistream"] if consumer.stop_doc else service.accounting.snapshot()
+    lat = np.array(consumer.latency) * 1e3
+    span = (consumer.last - consumer.first) if consumer.first and consumer.last else float("nan")
+    return {
+        "frames": frames,
+        "rate_asked": rate,
+        "reconstructed": counts["reconstructed"],
+        "dropped": counts["dropped"],
+        "received": counts["received"],
+        "frames_per_s": (len(lat) - 1) / span if len(lat) > 1 and span > 0 else float("nan"),
+        "latency_ms": {
+            "p50": float(np.percentile(lat, 50)) if len(lat) else float("nan"),
+            "p99": float(np.percentile(lat, 99)) if len(lat) else float("nan"),
+            "max": float(lat.max()) if len(lat) else float("nan"),
+        },
+    }
+
+
+def ingest_rate(frames: int, shape: tuple[int, int] = (512, 512)) -> dict:
+    """Frames/s of receive + decode + ROI alone (the service's receiver thread, one core),
+    fed by a detector process pushing pre-rendered frames."""
+    accounting = Accounting()
+    queue = FrameQueue(frames + 16, lambda item: None)
+    with _detector(frames, None, "push", shape) as address:
+        receiver = Receiver(address, "pull", RoiConfig(), queue, accounting)
+        receiver.start()
+        first, deadline = None, time.monotonic() + 600
+        while accounting.total.received < frames:
+            if first is None and accounting.total.received:
+                first = (time.perf_counter(), accounting.total.received)
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"ingest stalled: {accounting.snapshot()}")
+            time.sleep(0.001)
+        elapsed = time.perf_counter() - first[0]
+        receiver.stop()
+    got = accounting.total.received - first[1]
+    return {
+        "frames": frames,
+        "frames_per_s": got / elapsed,
+        "rejected": dict(accounting.total.rejected),
+    }

@@ -1,0 +1,145 @@
+"""``cdistream bench``: every speed and memory figure in one run on one machine, so ratios
+compare like with like. Prints a table, writes JSON and a latency-against-rate plot."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import resource
+from pathlib import Path
+
+from cdistream.inference import Reconstructor
+
+from .compute import baseline_ms, model_throughput, test_patterns
+from .pipeline import end_to_end, ingest_rate
+
+__all__ = ["format_table", "run_bench"]
+
+log = logging.getLogger(__name__)
+
+
+def _memory(rec: Reconstructor) -> dict:
+    mem = {"rss_peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    if rec.device == "GPU":
+        import tensorflow as tf
+
+        mem["gpu_peak_mb"] = tf.config.experimental.get_memory_info("GPU:0")["peak"] / 2**20
+    return mem
+
+
+def run_bench(quick: bool = False, models: Path | None = None) -> dict:
+    """Measure everything; ``quick`` shrinks every run to finish in under two minutes."""
+    rec = Reconstructor.load(models)
+    scale = 0.1 if quick else 1.0
+    results: dict = {
+        "machine": {
+            "cpus": len(os.sched_getaffinity(0)),
+            "platform": platform.platform(),
+            "device": rec.device,
+            "model": rec.source,
+            "quick": quick,
+        },
+    }
+    log.info("model-only throughput")
+    rates = model_throughput(rec, seconds=0.5 if quick else 3.0)
+    best_batch = max(rates, key=rates.get)
+    results["model"] = {
+        "per_batch": rates,
+        "best_batch": best_batch,
+        "best_per_s": rates[best_batch],
+        "best_ms_per_pattern": 1e3 / rates[best_batch],
+    }
+    log.info("ER/HIO baseline")
+    base32 = baseline_ms(test_patterns(16 if quick else 64), singles=3 if quick else 5)
+    base64 = baseline_ms(test_patterns(4 if quick else 16, pad=2), singles=2 if quick else 3)
+    nn_ms = results["model"]["best_ms_per_pattern"]
+    results["baseline"] = {
+        "n32": base32,
+        "n64_padded": base64,
+        "speedup_n32": base32["batched_ms"] / nn_ms,
+        "speedup_n64": base64["batched_ms"] / nn_ms,
+        "speedup_n32_single": base32["single_ms"] / nn_ms,
+    }
+    log.info("end-to-end, saturated")
+    saturated = end_to_end(rec, frames=int(3000 * scale) + 200)
+    capacity = saturated["frames_per_s"]
+    saturated["ratio_to_model"] = capacity / results["model"]["best_per_s"]
+    results["end_to_end"] = saturated
+    results["latency"] = []
+    for fraction in (0.1, 0.5, 0.8):
+        rate = fraction * capacity
+        log.info("latency at %.0f frames/s (%.0f%% of capacity)", rate, 100 * fraction)
+        frames = int(max(rate * (2 if quick else 10), 100))
+        run = end_to_end(rec, frames=frames, rate=rate)
+        run["fraction"] = fraction
+        results["latency"].append(run)
+    log.info("ingest alone")
+    results["ingest"] = {"raw_uint16_512": ingest_rate(int(5000 * scale) + 500)}
+    results["memory"] = _memory(rec)
+    return results
+
+
+def format_table(r: dict) -> str:
+    """The human-readable summary of :func:`run_bench`'s results."""
+    m, b, e = r["model"], r["baseline"], r["end_to_end"]
+    lines = [
+        f"cdistream bench on {r['machine']['cpus']} CPU(s), device {r['machine']['device']}"
+        f"{' (quick)' if r['machine']['quick'] else ''}",
+        "",
+    ]
+    lines.append("model only (sCDI+pCDI pair):")
+    lines += [f"  batch {k:>4}: {v:9.0f} reconstructions/s" for k, v in m["per_batch"].items()]
+    lines += [
+        f"  best: {m['best_ms_per_pattern']:.3f} ms/pattern at batch {m['best_batch']}",
+        "ER/HIO, 620 iterations with shrink-wrap:",
+        f"  32x32: {b['n32']['batched_ms']:.1f} ms/pattern batched,"
+        f" {b['n32']['single_ms']:.1f} single"
+        f" -> NN is {b['speedup_n32']:.0f}x faster (single: {b['speedup_n32_single']:.0f}x)",
+        f"  64x64 (2x padded): {b['n64_padded']['batched_ms']:.1f} ms/pattern batched"
+        f" -> NN is {b['speedup_n64']:.0f}x faster",
+        f"end to end, saturated, 512x512 uint16: {e['frames_per_s']:.0f} frames/s"
+        f" = {e['ratio_to_model']:.2f} x model-only",
+        "latency frame timestamp -> consumer:",
+    ]
+    for run in r["latency"]:
+        lat = run["latency_ms"]
+        lines.append(
+            f"  {run['fraction']:.0%} of capacity ({run['rate_asked']:.0f}/s): p50 {lat['p50']:.1f}"
+            f" ms, p99 {lat['p99']:.1f} ms, max {lat['max']:.1f} ms, dropped {run['dropped']}"
+        )
+    ing = r["ingest"]["raw_uint16_512"]
+    lines.append(
+        f"ingest (receive+decode+ROI), raw 512x512 uint16: {ing['frames_per_s']:.0f} frames/s"
+    )
+    lines.append(
+        f"peak RSS {r['memory']['rss_peak_mb']:.0f} MB"
+        + (f", GPU {r['memory']['gpu_peak_mb']:.0f} MB" if "gpu_peak_mb" in r["memory"] else "")
+    )
+    return "\n".join(lines)
+
+
+def plot_latency(r: dict, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = r["latency"]
+    rates = [run["rate_asked"] for run in runs]
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for key in ("p50", "p99", "max"):
+        ax.plot(rates, [run["latency_ms"][key] for run in runs], "o-", label=key)
+    ax.set_xlabel("input rate (frames/s)")
+    ax.set_ylabel("latency frame -> consumer (ms)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def write_json(r: dict, path: Path) -> Path:
+    path.write_text(json.dumps(r, indent=2, default=float))
+    return path
