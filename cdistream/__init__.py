@@ -4,7 +4,7 @@ Diffraction frames in, amplitude and phase out in milliseconds (the sCDI/pCDI ne
 fed back to Bluesky so an experiment can steer itself.
 """
 
-from .errors import CdistreamError, InvalidPatternError, ModelLoadError
+from .errors import CdistreamError, InvalidPatternError, ModelLoadError, Rejected
 from .inference import Reconstruction, Reconstructor
 from .physics import Comparison, compare
 
@@ -13,6 +13,7 @@ __all__ = [
     "Comparison",
     "InvalidPatternError",
     "ModelLoadError",
+    "Rejected",
     "Reconstruction",
     "Reconstructor",
     "compare",

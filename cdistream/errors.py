@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["CdistreamError", "InvalidPatternError", "ModelLoadError"]
+__all__ = ["CdistreamError", "InvalidPatternError", "ModelLoadError", "Rejected"]
 
 
 class CdistreamError(Exception):
@@ -15,3 +15,11 @@ class InvalidPatternError(CdistreamError, ValueError):
 
 class ModelLoadError(CdistreamError):
     """The sCDI/pCDI model files are missing or cannot be loaded safely."""
+
+
+class Rejected(CdistreamError, ValueError):
+    """Input the service refuses; ``reason`` is the short name it is counted and published as."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason

@@ -7,15 +7,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from cdistream.errors import Rejected
+
 __all__ = ["Crop", "RoiConfig", "RoiRejected", "bad_pixels", "extract", "find_peak"]
 
 
-class RoiRejected(ValueError):
-    """A frame without a usable Bragg peak; ``reason`` is the name it is counted under."""
-
-    def __init__(self, reason: str, detail: str):
-        super().__init__(f"{reason}: {detail}")
-        self.reason = reason
+class RoiRejected(Rejected):
+    """A frame without a usable Bragg peak, or an image that cannot be used at all."""
 
 
 @dataclass(frozen=True)
@@ -50,18 +48,31 @@ def bad_pixels(image: np.ndarray, mask: np.ndarray | None) -> np.ndarray | None:
 
 
 def find_peak(image: np.ndarray, bad: np.ndarray | None = None) -> tuple[int, int, float]:
-    """(row, col, height) of the Bragg peak: the brightest pixel whose three neighbours to the
-    right and below are bright too. A hot pixel stands alone, so it cannot win; masked pixels
-    count as zero. ``height`` is the smallest of the four counts."""
+    """(row, col, height) of the Bragg peak.
+
+    First the brightest 2 x 2 block (by its dimmest pixel): a hot pixel stands alone, so it
+    cannot win, and masked pixels count as zero; ``height`` is that dimmest count. Then the
+    brightest pixel within 3 pixels of the block, ignoring any pixel more than 4 times brighter
+    than all its neighbours (oversampled speckles are at least 2 pixels wide; hot pixels are not).
+    """
     img = image if bad is None else np.where(bad, 0, image)
     eroded = np.minimum(
         np.minimum(img[:-1, :-1], img[1:, :-1]), np.minimum(img[:-1, 1:], img[1:, 1:])
     )
-    flat = int(np.argmax(eroded))
-    row, col = divmod(flat, eroded.shape[1])
-    block = img[row : row + 2, col : col + 2]
-    r, c = np.unravel_index(int(np.argmax(block)), block.shape)
-    return row + int(r), col + int(c), float(eroded[row, col])
+    row, col = divmod(int(np.argmax(eroded)), eroded.shape[1])
+    r0, c0 = max(row - 3, 0), max(col - 3, 0)
+    window = img[r0 : row + 5, c0 : col + 5].astype(np.float64)
+    padded = np.pad(window, 1)
+    h, w = window.shape
+    shifts = [
+        padded[1 + dr : 1 + dr + h, 1 + dc : 1 + dc + w]
+        for dr in (-1, 0, 1)
+        for dc in (-1, 0, 1)
+        if dr or dc
+    ]
+    lonely = window > 4 * np.max(shifts, axis=0)
+    r, c = np.unravel_index(int(np.argmax(np.where(lonely, 0, window))), window.shape)
+    return r0 + int(r), c0 + int(c), float(eroded[row, col])
 
 
 def _window(image: np.ndarray, row: int, col: int, span: int) -> np.ndarray:

@@ -43,7 +43,7 @@ class Scenario:
         frames: int = 100,
         detector_shape: tuple[int, int] = (512, 512),
         drift: float = 0.5,
-        recipe: ObjectRecipe = ObjectRecipe(),
+        recipe: ObjectRecipe = ObjectRecipe(min_size=0.4),  # a well-sized crystal
     ):
         if name not in SCENARIOS:
             raise ValueError(f"unknown scenario {name!r}; choose from {SCENARIOS}")
@@ -55,7 +55,7 @@ class Scenario:
         self._phase = np.angle(base)
         if name in ("strain", "operando"):  # make sure there is strain to watch grow
             ptp = np.ptp(self._phase[self._amplitude > 0.1]) or 1.0
-            self._phase = self._phase * (0.8 * 2 * np.pi / ptp)
+            self._phase = self._phase * (np.pi / ptp)  # grows to pi peak-to-peak
             self._phase = np.clip(self._phase, -np.pi, np.pi)
         margin = recipe.n
         rows, cols = detector_shape

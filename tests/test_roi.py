@@ -73,6 +73,8 @@ def test_binning_sums_pixels():
 
 def test_find_peak_reports_height():
     frame = np.zeros((64, 64), np.uint16)
-    frame[30:33, 40:43] = [[5, 9, 5], [9, 50, 9], [5, 9, 5]]
+    frame[30:33, 40:43] = [[5, 20, 5], [20, 50, 20], [5, 20, 5]]
     row, col, height = find_peak(frame)
     assert (row, col) == (31, 41) and height == 5  # the dimmest of the best 2 x 2 block
+    frame[29, 42] = 400  # a hot pixel beside the peak does not take it over
+    assert find_peak(frame)[:2] == (31, 41)

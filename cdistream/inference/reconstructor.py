@@ -18,7 +18,7 @@ from scipy.ndimage import binary_dilation
 from cdistream.errors import InvalidPatternError, ModelLoadError
 from cdistream.physics import phase_retrieval
 
-from .result import Reconstruction, finish
+from .result import SUPPORT_THRESHOLD, Reconstruction, finish
 
 __all__ = ["BUCKETS", "MODEL_FILE", "Reconstructor", "default_model_path"]
 
@@ -130,20 +130,23 @@ class Reconstructor:
         """
         m = validate_magnitudes(magnitudes, self.n)
         amp, phase = self.predict(m)
-        result = finish(m, amp, phase)
         if refine > 0:
-            result = refine_result(m, result, refine)
-        return result
+            return refine_result(m, amp, phase, refine)
+        return finish(m, amp, phase)
 
 
-def refine_result(measured: np.ndarray, start: Reconstruction, iterations: int) -> Reconstruction:
-    """Polish network reconstructions with ER/HIO and shrink-wrap, seeded by their support."""
-    support = binary_dilation(start.support, structure=np.ones((1, 3, 3), bool))
+def refine_result(
+    measured: np.ndarray, amplitude: np.ndarray, phase: np.ndarray, iterations: int
+) -> Reconstruction:
+    """Polish raw network outputs with ER/HIO and shrink-wrap, started from them and from
+    their support (amplitude above the threshold, dilated by one pixel)."""
+    amp = np.clip(amplitude, 0, None) / np.maximum(amplitude.max(axis=(1, 2), keepdims=True), 1e-30)
+    support = binary_dilation(amp > SUPPORT_THRESHOLD, structure=np.ones((1, 3, 3), bool))
     hio = max(iterations * 3 // 5, 0)
     obj = phase_retrieval(
         measured,
         iterations,
-        start=start.complex_object(),
+        start=amp * np.exp(1j * phase),
         support=support,
         hio_cycle=hio,
         er_cycle=iterations - hio,

@@ -7,15 +7,13 @@ from typing import Any
 
 import numpy as np
 
+from cdistream.errors import Rejected
+
 __all__ = ["DecodeError", "Frame", "Message", "SeriesEnd", "SeriesStart"]
 
 
-class DecodeError(ValueError):
-    """A message that cannot be decoded; ``reason`` is the short name it is counted under."""
-
-    def __init__(self, reason: str, detail: str):
-        super().__init__(f"{reason}: {detail}")
-        self.reason = reason
+class DecodeError(Rejected):
+    """A message that cannot be decoded."""
 
 
 @dataclass(frozen=True)
