@@ -23,7 +23,7 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(PY) -m ruff check cdistream training sim_detector tests
 
-# Regenerate models/ (about an hour on 2 CPU cores); see models/MODEL_CARD.md.
+# Regenerate models/ (about 20 minutes on 2 CPU cores); see models/MODEL_CARD.md.
 models: $(STAMP)
 	$(PY) -m training all
 

@@ -113,14 +113,14 @@ def _figure(path: Path, events: list[dict], truth: np.ndarray, recon: np.ndarray
             (np.abs(aligned[j]), "gray", 0, 1, "reconstructed"),
             (
                 np.where(np.abs(truth[k]) > 0.1, np.angle(truth[k]), 0),
-                "twilight",
+                "twilight_shifted",
                 -np.pi,
                 np.pi,
                 "true phase",
             ),
             (
                 np.where(np.abs(aligned[j]) > 0.1, np.angle(aligned[j]), 0),
-                "twilight",
+                "twilight_shifted",
                 -np.pi,
                 np.pi,
                 f"reconstructed, chi2 {events[k]['data']['chi2']:.3f}",

@@ -37,7 +37,7 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--epochs", type=int, default=DEFAULTS["epochs"])
     t.add_argument("--limit", type=int, default=None, help="use only the first N examples")
     t.add_argument("--validation", type=int, default=5000)
-    t.add_argument("--widths", default="32,64,128")
+    t.add_argument("--widths", default="16,32,64")
     t.add_argument("--seed", type=int, default=0)
 
     e = sub.add_parser("evaluate", help="metrics JSON and figures on a test set")

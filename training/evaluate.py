@@ -17,9 +17,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from cdistream.inference import Reconstruction, Reconstructor  # noqa: E402
+from cdistream.inference.result import finish  # noqa: E402
 from cdistream.physics import (  # noqa: E402
     align,
-    chi2,
     compare,
     phase_retrieval,
     poisson_magnitudes,
@@ -78,14 +78,12 @@ def evaluate(model_path: Path, test: Dataset, out: Path, seed: int = 0) -> dict:
             nn_clean = result
 
     refined, t_refine = _timed(rec.reconstruct, test.magnitudes, refine=REFINE)
-    baseline, t_base = _timed(phase_retrieval, test.magnitudes, BASELINE_ITERATIONS, seed=seed)
-    base_amp = np.abs(baseline)
-    base_result = Reconstruction(
-        base_amp / base_amp.max(axis=(1, 2), keepdims=True),
-        np.angle(baseline).astype(np.float32),
-        base_amp > 0,
-        chi2(test.magnitudes, base_amp, np.angle(baseline)),
-    )
+
+    def baseline(m: np.ndarray) -> Reconstruction:  # same output conventions as the network
+        obj = phase_retrieval(m, BASELINE_ITERATIONS, seed=seed)
+        return finish(m, np.abs(obj), np.angle(obj))
+
+    base_result, t_base = _timed(baseline, test.magnitudes)
     few = test.magnitudes[:20]
     metrics["refine"] = {
         "iterations": REFINE,
@@ -94,9 +92,7 @@ def evaluate(model_path: Path, test: Dataset, out: Path, seed: int = 0) -> dict:
         "single_pattern_ms": {
             "nn": _single_pattern_ms(rec.reconstruct, few),
             "nn_plus_refine": _single_pattern_ms(lambda p: rec.reconstruct(p, refine=REFINE), few),
-            "er_hio_620": _single_pattern_ms(
-                lambda p: phase_retrieval(p, BASELINE_ITERATIONS), few
-            ),
+            "er_hio_620": _single_pattern_ms(baseline, few),
         },
     }
     r = metrics["refine"]
@@ -141,10 +137,10 @@ def plot_examples(test: Dataset, nn: Reconstruction, base: Reconstruction, path:
             (np.log10(test.magnitudes[j] + 1e-3 * test.magnitudes[j].max()), "viridis", None, None),
             (np.abs(truth[j]), "gray", 0, 1),
             (np.abs(nn_aligned[j]), "gray", 0, 1),
-            (np.where(support, np.angle(truth[j]), 0), "twilight", -np.pi, np.pi),
+            (np.where(support, np.angle(truth[j]), 0), "twilight_shifted", -np.pi, np.pi),
             (
                 np.where(np.abs(nn_aligned[j]) > 0.1, np.angle(nn_aligned[j]), 0),
-                "twilight",
+                "twilight_shifted",
                 -np.pi,
                 np.pi,
             ),
@@ -155,7 +151,7 @@ def plot_examples(test: Dataset, nn: Reconstruction, base: Reconstruction, path:
                     np.angle(base_aligned[j]),
                     0,
                 ),
-                "twilight",
+                "twilight_shifted",
                 -np.pi,
                 np.pi,
             ),

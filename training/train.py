@@ -35,7 +35,7 @@ class TrainConfig:
     epochs: int = 20
     batch_size: int = 128
     learning_rate: float = 1e-3
-    widths: tuple[int, ...] = (32, 64, 128)
+    widths: tuple[int, ...] = (16, 32, 64)
     phase_weight: float = 1.0
     noisy_fraction: float = 0.5  # share of each batch given Poisson noise
     photons: tuple[float, float] = (1e3, 1e6)  # log-uniform range of counts in the brightest pixel

@@ -114,7 +114,7 @@ class ReconstructionImage(ReconstructionCallback):
         self._axes = self.figure.subplots(1, 2)
         blank = np.zeros((32, 32))
         self._amp = self._axes[0].imshow(blank, cmap="gray", vmin=0, vmax=1)
-        self._phase = self._axes[1].imshow(blank, cmap="twilight", vmin=-np.pi, vmax=np.pi)
+        self._phase = self._axes[1].imshow(blank, cmap="twilight_shifted", vmin=-np.pi, vmax=np.pi)
         self.figure.colorbar(self._phase, ax=self._axes[1], label="phase (rad)")
         self._axes[0].set_title("amplitude")
         self._axes[1].set_title("phase")

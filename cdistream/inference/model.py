@@ -51,11 +51,12 @@ def _decoder(code, widths: tuple[int, ...], head: str):
     return x
 
 
-def build_cdi_nn(n: int = 32, widths: tuple[int, ...] = (32, 64, 128)) -> keras.Model:
+def build_cdi_nn(n: int = 32, widths: tuple[int, ...] = (16, 32, 64)) -> keras.Model:
     """Raw magnitudes (batch, n, n), any scale, zero frequency at n//2 ->
     {"scdi": amplitude in [0, 1], "pcdi": phase in radians}, each (batch, n, n).
 
-    The encoder follows the paper (3x3 convolutions, ``widths`` per level, max pooling); each
+    The encoder follows the paper (two 3x3 convolutions per level, max pooling; the paper's
+    widths are 32/64/128, the shipped model uses 16/32/64: a quarter of the arithmetic); each
     head mirrors it with upsampling. Sharing the encoder halves its cost and makes both heads
     pick the same one of an object and its twin. The phase head is linear (no tanh to
     saturate); :func:`cdistream.inference.result.finish` centres and wraps it.

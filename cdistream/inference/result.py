@@ -31,6 +31,18 @@ class Reconstruction:
         sl = slice(index, index + 1) if isinstance(index, int | np.integer) else index
         return Reconstruction(self.amplitude[sl], self.phase[sl], self.support[sl], self.chi2[sl])
 
+    @staticmethod
+    def concatenate(parts: list[Reconstruction]) -> Reconstruction:
+        """One Reconstruction from several, in order."""
+        return Reconstruction(
+            *(
+                np.concatenate(arrays)
+                for arrays in zip(
+                    *((p.amplitude, p.phase, p.support, p.chi2) for p in parts), strict=True
+                )
+            )
+        )
+
     def complex_object(self) -> np.ndarray:
         """amplitude * exp(i phase), for comparisons and further phase retrieval."""
         return self.amplitude * np.exp(1j * self.phase)
@@ -46,7 +58,7 @@ def _centre_phase(phase: np.ndarray, weight: np.ndarray) -> np.ndarray:
     hi = np.where(weight > 0, phase, small).max(axes)
     lo = np.where(weight > 0, phase, big).min(axes)
     offset = np.clip(mean, np.minimum(hi - np.pi, lo + np.pi), np.maximum(hi - np.pi, lo + np.pi))
-    return np.angle(np.exp(1j * (phase - offset[:, None, None])))
+    return (phase - offset[:, None, None] + np.pi) % (2 * np.pi) - np.pi
 
 
 def finish(measured: np.ndarray, amplitude: np.ndarray, phase: np.ndarray) -> Reconstruction:
@@ -55,6 +67,6 @@ def finish(measured: np.ndarray, amplitude: np.ndarray, phase: np.ndarray) -> Re
     amp = np.clip(np.asarray(amplitude, np.float32), 0, None)
     amp = amp / np.maximum(amp.max(axis=(-2, -1), keepdims=True), 1e-30)
     support = amp > SUPPORT_THRESHOLD
-    phase = _centre_phase(np.asarray(phase, np.float64), amp * support)
+    phase = _centre_phase(np.asarray(phase, np.float32), amp * support)
     phase = np.where(support, phase, 0.0).astype(np.float32)
     return Reconstruction(amp, phase, support, chi2(measured, amp, phase))

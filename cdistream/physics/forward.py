@@ -26,8 +26,12 @@ def diffraction_magnitudes(obj: np.ndarray) -> np.ndarray:
 
 
 def predicted_intensity(amplitude: np.ndarray, phase: np.ndarray) -> np.ndarray:
-    """Far-field intensity of a reconstruction given as amplitude and phase."""
-    return diffraction_magnitudes(amplitude * np.exp(1j * phase)) ** 2
+    """Far-field intensity of a reconstruction given as amplitude and phase (single precision:
+    plenty for a misfit, and twice as fast as double)."""
+    amplitude = np.asarray(amplitude, np.float32)
+    phase = np.asarray(phase, np.float32)
+    field = amplitude * np.cos(phase) + 1j * (amplitude * np.sin(phase))
+    return diffraction_magnitudes(field.astype(np.complex64)) ** 2
 
 
 def poisson_magnitudes(

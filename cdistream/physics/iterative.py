@@ -13,6 +13,7 @@ from scipy.ndimage import gaussian_filter
 __all__ = ["autocorrelation_support", "phase_retrieval"]
 
 _AXES = (-2, -1)
+BLOCK = 128  # patterns iterated together: the working set stays in cache (much faster)
 
 
 def _fft(x: np.ndarray) -> np.ndarray:
@@ -76,8 +77,39 @@ def phase_retrieval(
         supp = np.abs(obj) > 0 if support is None else np.asarray(support, bool)
     supp = supp.reshape(modulus.shape)
     obj = obj * supp
+    schedule = (
+        iterations,
+        hio_cycle,
+        er_cycle,
+        beta,
+        shrinkwrap_every,
+        sigma,
+        threshold,
+        min(average_last, iterations),
+    )
+    result = np.concatenate(
+        [
+            _iterate(modulus[k : k + BLOCK], obj[k : k + BLOCK], supp[k : k + BLOCK], *schedule)
+            for k in range(0, len(modulus), BLOCK)
+        ]
+    )
+    return result[0] if single else result
 
-    average_last = min(average_last, iterations)
+
+def _iterate(
+    modulus,
+    obj,
+    supp,
+    iterations,
+    hio_cycle,
+    er_cycle,
+    beta,
+    shrinkwrap_every,
+    sigma,
+    threshold,
+    average_last,
+) -> np.ndarray:
+    """The ER/HIO loop on one block of patterns."""
     total = np.zeros_like(obj)
     period = hio_cycle + er_cycle
     for it in range(iterations):
@@ -91,5 +123,4 @@ def phase_retrieval(
             supp = _shrinkwrap(obj, sigma[0] + (sigma[1] - sigma[0]) * frac, threshold)
         if tail:
             total += obj
-    result = total / max(average_last, 1)
-    return result[0] if single else result
+    return total / max(average_last, 1)
