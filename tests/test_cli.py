@@ -75,7 +75,7 @@ def test_serve_drains_and_closes_the_run_on_sigterm(tiny_reconstructor, context,
 @pytest.mark.slow
 @pytest.mark.timeout(180)
 def test_demo_runs_the_whole_loop(tmp_path):
-    result = run_demo(tmp_path, frames=40, rate=80, table=False)
+    result = run_demo(tmp_path, frames=40, rate=80)  # with its LiveTable
     counts = result.stop["cdistream"]
     assert counts["received"] == 40 == counts["reconstructed"] + sum(counts["rejected"].values())
     assert len(result.events) == counts["reconstructed"]

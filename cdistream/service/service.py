@@ -182,6 +182,8 @@ class Service:
         n = self.reconstructor.n
         metadata = {
             "plan_name": "cdistream_serve",
+            "plan_type": "cdistream",  # with scan_id, what LiveTable & co. print at the end
+            "scan_id": start.series,
             "detector_series": start.series,
             "detector_shape": list(start.shape),
             "detector_dtype": start.dtype,
