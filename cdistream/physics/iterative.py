@@ -6,6 +6,8 @@ The baseline the networks are compared with (the paper's Methods: 620 iterations
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import scipy.fft
 from scipy.ndimage import gaussian_filter
@@ -77,7 +79,7 @@ def phase_retrieval(
         supp = np.abs(obj) > 0 if support is None else np.asarray(support, bool)
     supp = supp.reshape(modulus.shape)
     obj = obj * supp
-    schedule = (
+    schedule = _Schedule(
         iterations,
         hio_cycle,
         er_cycle,
@@ -87,40 +89,42 @@ def phase_retrieval(
         threshold,
         min(average_last, iterations),
     )
+    blocks = range(0, len(modulus), BLOCK)
     result = np.concatenate(
         [
-            _iterate(modulus[k : k + BLOCK], obj[k : k + BLOCK], supp[k : k + BLOCK], *schedule)
-            for k in range(0, len(modulus), BLOCK)
+            _iterate(modulus[k : k + BLOCK], obj[k : k + BLOCK], supp[k : k + BLOCK], schedule)
+            for k in blocks
         ]
     )
     return result[0] if single else result
 
 
-def _iterate(
-    modulus,
-    obj,
-    supp,
-    iterations,
-    hio_cycle,
-    er_cycle,
-    beta,
-    shrinkwrap_every,
-    sigma,
-    threshold,
-    average_last,
-) -> np.ndarray:
+@dataclass(frozen=True)
+class _Schedule:
+    iterations: int
+    hio_cycle: int
+    er_cycle: int
+    beta: float
+    shrinkwrap_every: int
+    sigma: tuple[float, float]
+    threshold: float
+    average_last: int
+
+
+def _iterate(modulus: np.ndarray, obj: np.ndarray, supp: np.ndarray, sch: _Schedule) -> np.ndarray:
     """The ER/HIO loop on one block of patterns."""
     total = np.zeros_like(obj)
-    period = hio_cycle + er_cycle
-    for it in range(iterations):
-        tail = it >= iterations - average_last
-        use_hio = not tail and hio_cycle > 0 and (it % period) < hio_cycle
+    period = sch.hio_cycle + sch.er_cycle
+    for it in range(sch.iterations):
+        tail = it >= sch.iterations - sch.average_last
+        use_hio = not tail and sch.hio_cycle > 0 and (it % period) < sch.hio_cycle
         field = _fft(obj)
         projected = _ifft(field * (modulus / np.maximum(np.abs(field), 1e-30)))
-        obj = np.where(supp, projected, obj - beta * projected) if use_hio else projected * supp
-        if shrinkwrap_every and (it + 1) % shrinkwrap_every == 0 and not tail:
-            frac = it / max(iterations - 1, 1)
-            supp = _shrinkwrap(obj, sigma[0] + (sigma[1] - sigma[0]) * frac, threshold)
+        obj = np.where(supp, projected, obj - sch.beta * projected) if use_hio else projected * supp
+        if sch.shrinkwrap_every and (it + 1) % sch.shrinkwrap_every == 0 and not tail:
+            frac = it / max(sch.iterations - 1, 1)
+            width = sch.sigma[0] + (sch.sigma[1] - sch.sigma[0]) * frac
+            supp = _shrinkwrap(obj, width, sch.threshold)
         if tail:
             total += obj
-    return total / max(average_last, 1)
+    return total / max(sch.average_last, 1)
