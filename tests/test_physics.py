@@ -11,7 +11,6 @@ from cdistream.physics import (
     chi2,
     compare,
     diffraction_magnitudes,
-    normalise_magnitudes,
     phase_retrieval,
     poisson_magnitudes,
     random_objects,
@@ -102,12 +101,6 @@ def test_poisson_noise_counts_photons():
         poisson_magnitudes(m, 1e4, np.random.default_rng(3)),
         poisson_magnitudes(m, 1e4, np.random.default_rng(3)),
     )
-
-
-def test_normalise_divides_by_the_maximum():
-    m = np.abs(np.random.default_rng(0).normal(size=(3, 8, 8))) * [[[1]], [[10]], [[0]]]
-    out = normalise_magnitudes(m)
-    assert np.allclose(out[:2].max(axis=(1, 2)), 1) and not out[2].any()
 
 
 def test_iterative_baseline_recovers_objects_without_strain(objects):

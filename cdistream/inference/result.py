@@ -26,11 +26,6 @@ class Reconstruction:
     def __len__(self) -> int:
         return len(self.chi2)
 
-    def __getitem__(self, index) -> Reconstruction:
-        """A sub-batch (``res[3:5]``, or ``res[k]`` as a batch of one)."""
-        sl = slice(index, index + 1) if isinstance(index, int | np.integer) else index
-        return Reconstruction(self.amplitude[sl], self.phase[sl], self.support[sl], self.chi2[sl])
-
     @staticmethod
     def concatenate(parts: list[Reconstruction]) -> Reconstruction:
         """One Reconstruction from several, in order."""

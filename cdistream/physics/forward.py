@@ -12,7 +12,6 @@ __all__ = [
     "chi2",
     "diffraction_magnitudes",
     "fourier_shift",
-    "normalise_magnitudes",
     "poisson_magnitudes",
     "predicted_intensity",
     "twin",
@@ -44,16 +43,6 @@ def poisson_magnitudes(
     peak = intensity.max(axis=(-2, -1), keepdims=True)
     counts = rng.poisson(intensity * (photons / np.maximum(peak, 1e-30)))
     return np.sqrt(counts).astype(np.float32)
-
-
-def normalise_magnitudes(magnitudes: np.ndarray) -> np.ndarray:
-    """Divide each pattern by its maximum so that absolute flux and exposure drop out.
-
-    All-zero patterns stay zero; callers that care reject them before this point.
-    """
-    m = np.asarray(magnitudes, dtype=np.float32)
-    peak = m.max(axis=(-2, -1), keepdims=True)
-    return np.divide(m, peak, out=np.zeros_like(m), where=peak > 0)
 
 
 def chi2(measured: np.ndarray, amplitude: np.ndarray, phase: np.ndarray) -> np.ndarray:

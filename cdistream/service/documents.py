@@ -75,6 +75,7 @@ class RunComposer:
         """One event per frame of a batch: (frame number, detector timestamp, crop) each."""
         events = []
         for k, (frame, stamp, crop) in enumerate(frames):
+            now = time.time()
             support = result.support[k]
             inside = result.phase[k][support]
             data = {
@@ -88,10 +89,8 @@ class RunComposer:
                 "phase_std": float(inside.std()) if inside.size else 0.0,
                 "peak_row": crop.peak_row,
                 "peak_col": crop.peak_col,
-                "latency": 0.0,
+                "latency": now - stamp,
             }
-            now = time.time()
-            data["latency"] = now - stamp
             stamps = dict.fromkeys(data, stamp)
             event = self._primary.compose_event(data=data, timestamps=stamps, time=now)
             self._emit("event", event)

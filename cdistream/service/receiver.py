@@ -103,7 +103,7 @@ class Receiver:
                 None,
                 {"series_start_missed": True},
             )
-            self.handle_start_missed(start)
+            self._start_missed(start)
         self._acct.received(frame.series)
         if frame.frame > self._last_frame + 1 and self._last_frame >= 0:
             self._acct.gaps(frame.series, frame.frame - self._last_frame - 1)
@@ -118,7 +118,7 @@ class Receiver:
             return
         self._queue.put(FrameItem(frame.series, frame.frame, frame.timestamp, crop))
 
-    def handle_start_missed(self, start: SeriesStart) -> None:
+    def _start_missed(self, start: SeriesStart) -> None:
         log.warning("frames of series %d arrived without its start message", start.series)
         if self._series is not None:
             self._queue.put(SeriesEnd(self._series.series, self._last_frame + 1))
