@@ -9,7 +9,7 @@ import numpy as np
 
 from cdistream.errors import Rejected
 
-__all__ = ["Crop", "RoiConfig", "RoiRejected", "bad_pixels", "extract", "find_peak"]
+__all__ = ["Crop", "RoiConfig", "RoiRejected", "extract", "find_peak", "zero_bad_pixels"]
 
 
 class RoiRejected(Rejected):
@@ -36,26 +36,26 @@ class Crop:
     peak_col: int
 
 
-def bad_pixels(image: np.ndarray, mask: np.ndarray | None) -> np.ndarray | None:
-    """Pixels to ignore: the detector's mask and, for integer data, the all-ones value that
-    DECTRIS-style detectors use for gaps and dead pixels. None when there are none."""
-    bad = None if mask is None else mask
+def zero_bad_pixels(image: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
+    """The image with unusable pixels set to 0: the detector's mask and, for integer data, the
+    all-ones value that DECTRIS-style detectors use for gaps and dead pixels. The image itself
+    (no copy) when there are none."""
+    bad = mask
     if image.dtype.kind == "u":
         invalid = image == np.iinfo(image.dtype).max
         if invalid.any():
             bad = invalid if bad is None else bad | invalid
-    return bad
+    return image if bad is None else np.where(bad, 0, image)
 
 
-def find_peak(image: np.ndarray, bad: np.ndarray | None = None) -> tuple[int, int, float]:
-    """(row, col, height) of the Bragg peak.
+def find_peak(img: np.ndarray) -> tuple[int, int, float]:
+    """(row, col, height) of the Bragg peak in an image whose bad pixels are zero.
 
     First the brightest 2 x 2 block (by its dimmest pixel): a hot pixel stands alone, so it
-    cannot win, and masked pixels count as zero; ``height`` is that dimmest count. Then the
-    brightest pixel within 3 pixels of the block, ignoring any pixel more than 4 times brighter
-    than all its neighbours (oversampled speckles are at least 2 pixels wide; hot pixels are not).
+    cannot win; ``height`` is that dimmest count. Then the brightest pixel within 3 pixels of
+    the block, ignoring any pixel more than 4 times brighter than all its neighbours
+    (oversampled speckles are at least 2 pixels wide; hot pixels are not).
     """
-    img = image if bad is None else np.where(bad, 0, image)
     eroded = np.minimum(
         np.minimum(img[:-1, :-1], img[1:, :-1]), np.minimum(img[:-1, 1:], img[1:, 1:])
     )
@@ -97,13 +97,13 @@ def extract(image: np.ndarray, config: RoiConfig, mask: np.ndarray | None = None
         raise RoiRejected("bad_image", f"mask {mask.shape} does not fit image {image.shape}")
     if image.dtype.kind == "f" and not np.isfinite(image).all():
         raise RoiRejected("bad_image", "image holds NaN or infinity")
-    bad = bad_pixels(image, mask)
-    row, col, height = find_peak(image, bad)
+    clean = zero_bad_pixels(image, mask)
+    row, col, height = find_peak(clean)
     if height < config.min_peak:
         raise RoiRejected("no_peak", f"brightest compact peak has {height:.0f} counts")
     b = config.binning
     span = config.size * b
-    window = _window(image if bad is None else np.where(bad, 0, image), row, col, span)
+    window = _window(clean, row, col, span)
     if b > 1:
         window = window.reshape(config.size, b, config.size, b).sum(axis=(1, 3))
     counts = np.maximum(window - config.background * b * b, 0, dtype=np.float32)
