@@ -20,7 +20,7 @@ from scipy.ndimage import binary_dilation
 from cdistream.errors import InvalidPatternError, ModelLoadError
 from cdistream.physics import phase_retrieval
 
-from .result import SUPPORT_THRESHOLD, Reconstruction, finish
+from .result import SUPPORT_THRESHOLD, Reconstruction, finish, normalise_amplitude
 
 __all__ = ["BUCKETS", "MODEL_FILE", "Reconstructor", "default_model_path"]
 
@@ -159,7 +159,7 @@ def refine_result(
     reduction with one shrink-wrap half way, the last fifth averaged. Measured on the test
     set, this beats 620 ER/HIO iterations from a random start at a twelfth of the cost.
     """
-    amp = np.clip(amplitude, 0, None) / np.maximum(amplitude.max(axis=(1, 2), keepdims=True), 1e-30)
+    amp = normalise_amplitude(amplitude)
     support = binary_dilation(amp > SUPPORT_THRESHOLD, structure=np.ones((1, 3, 3), bool))
     obj = phase_retrieval(
         measured,

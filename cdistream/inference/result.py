@@ -3,13 +3,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
 
 from cdistream.physics import chi2
 
-__all__ = ["SUPPORT_THRESHOLD", "Reconstruction", "finish"]
+__all__ = ["SUPPORT_THRESHOLD", "Reconstruction", "finish", "normalise_amplitude"]
 
 SUPPORT_THRESHOLD = 0.1  # the paper's threshold on the normalised amplitude
 
@@ -29,14 +29,8 @@ class Reconstruction:
     @staticmethod
     def concatenate(parts: list[Reconstruction]) -> Reconstruction:
         """One Reconstruction from several, in order."""
-        return Reconstruction(
-            *(
-                np.concatenate(arrays)
-                for arrays in zip(
-                    *((p.amplitude, p.phase, p.support, p.chi2) for p in parts), strict=True
-                )
-            )
-        )
+        names = [f.name for f in fields(Reconstruction)]
+        return Reconstruction(*(np.concatenate([getattr(p, n) for p in parts]) for n in names))
 
     def complex_object(self) -> np.ndarray:
         """amplitude * exp(i phase), for comparisons and further phase retrieval."""
@@ -56,11 +50,16 @@ def _centre_phase(phase: np.ndarray, weight: np.ndarray) -> np.ndarray:
     return (phase - offset[:, None, None] + np.pi) % (2 * np.pi) - np.pi
 
 
+def normalise_amplitude(amplitude: np.ndarray) -> np.ndarray:
+    """Non-negative float32 amplitudes with maximum 1 per pattern."""
+    amp = np.clip(np.asarray(amplitude, np.float32), 0, None)
+    return amp / np.maximum(amp.max(axis=(-2, -1), keepdims=True), 1e-30)
+
+
 def finish(measured: np.ndarray, amplitude: np.ndarray, phase: np.ndarray) -> Reconstruction:
     """Apply the conventions to raw (n, N, N) amplitude and phase estimates and score them
     against the ``measured`` magnitudes."""
-    amp = np.clip(np.asarray(amplitude, np.float32), 0, None)
-    amp = amp / np.maximum(amp.max(axis=(-2, -1), keepdims=True), 1e-30)
+    amp = normalise_amplitude(amplitude)
     support = amp > SUPPORT_THRESHOLD
     phase = _centre_phase(np.asarray(phase, np.float32), amp * support)
     phase = np.where(support, phase, 0.0).astype(np.float32)
