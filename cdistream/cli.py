@@ -10,12 +10,28 @@ import signal
 import threading
 from pathlib import Path
 
+from cdistream.wire.formats import FORMATS
+
 __all__ = ["main"]
 
 
 def _serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--input", default="tcp://127.0.0.1:9999", help="detector address to connect to")
-    p.add_argument("--socket", choices=("sub", "pull"), default="sub")
+    p.add_argument(
+        "--format",
+        choices=FORMATS,
+        default="native",
+        help="detector stream format; auto recognises it from the first message",
+    )
+    p.add_argument(
+        "--socket",
+        choices=("sub", "pull"),
+        default=None,
+        help="default: pull for eiger-v1/eiger-v2 (DECTRIS detectors PUSH), sub otherwise",
+    )
+    p.add_argument(
+        "--channel", default=None, help="eiger-v2 channel to use (default: the first listed)"
+    )
     p.add_argument(
         "--feedback",
         default="tcp://127.0.0.1:5577",
@@ -49,7 +65,9 @@ def serve(args: argparse.Namespace) -> None:
 
     config = ServiceConfig(
         input=args.input,
+        format=args.format,
         socket=args.socket,
+        channel=args.channel,
         feedback=args.feedback,
         models=args.models,
         max_batch=args.max_batch,

@@ -23,7 +23,24 @@ def _shape(text: str) -> tuple[int, int]:
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m sim_detector", description=__doc__)
     p.add_argument("--bind", default="tcp://127.0.0.1:9999", help="address to bind")
-    p.add_argument("--socket", choices=("pub", "push"), default="pub")
+    p.add_argument(
+        "--format",
+        choices=("native", "eiger-v1", "eiger-v2", "adzmq"),
+        default="native",
+        help="wire format (DECTRIS stream V1/V2, areaDetector ADZMQ, or cdistream's own)",
+    )
+    p.add_argument(
+        "--compression",
+        choices=("none", "lz4", "bslz4"),
+        default="bslz4",
+        help="image compression for eiger-v1/eiger-v2 (the others send raw arrays)",
+    )
+    p.add_argument(
+        "--socket",
+        choices=("pub", "push"),
+        default=None,
+        help="default: push for the DECTRIS formats (as the detector does), else pub",
+    )
     p.add_argument("--frames", type=int, default=100)
     p.add_argument(
         "--rate", type=float, default=None, help="frames/s (default: as fast as possible)"
@@ -46,8 +63,9 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
 
-    with DetectorPublisher(args.bind, args.socket) as pub:
-        logging.info("sim_detector on %s (%s)", pub.address, args.socket)
+    socket = args.socket or ("push" if args.format.startswith("eiger") else "pub")
+    with DetectorPublisher(args.bind, socket, None, args.format, args.compression) as pub:
+        logging.info("sim_detector on %s (%s, %s)", pub.address, args.format, socket)
         pub.wait_for_subscriber(args.wait)
         if args.replay:
             count, shape, dtype, mask, images = open_frames(args.replay)
@@ -61,7 +79,7 @@ def main(argv: list[str] | None = None) -> None:
                 rendered = list(scenario_frames(scenario, detector, args.cycle, args.seed))
                 images = (rendered[i % args.cycle] for i in range(args.frames))
             meta = {"scenario": args.scenario, "seed": args.seed, "detector": asdict(detector)}
-        report = pub.run_series(args.series, shape, dtype, images, args.rate, mask, meta)
+        report = pub.run_series(args.series, shape, dtype, images, args.rate, mask, meta, count)
     zmq.Context.instance().term()  # returns once queued frames are out (or the linger passed)
     logging.info(
         "series %d: %s",

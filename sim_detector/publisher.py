@@ -12,7 +12,8 @@ from typing import Any
 import numpy as np
 import zmq
 
-from cdistream.wire import Frame, SeriesEnd, SeriesStart, native
+from cdistream.wire import Frame, SeriesEnd, SeriesStart
+from cdistream.wire.formats import make_encoder
 
 from .frames import DetectorModel
 from .scenario import Scenario
@@ -43,10 +44,19 @@ class SeriesReport:
 
 
 class DetectorPublisher:
-    """A bound PUB (default) or PUSH socket speaking the native stream format."""
+    """A bound PUB (default) or PUSH socket speaking one of the stream formats (native,
+    eiger-v1, eiger-v2, adzmq); ``compression`` (none, lz4, bslz4) applies to the DECTRIS ones."""
 
-    def __init__(self, address: str, socket: str = "pub", context: zmq.Context | None = None):
+    def __init__(
+        self,
+        address: str,
+        socket: str = "pub",
+        context: zmq.Context | None = None,
+        format: str = "native",
+        compression: str | None = None,
+    ):
         self._ctx = context or zmq.Context.instance()
+        self.encoder = make_encoder(format, compression)
         kind = {"pub": zmq.XPUB, "push": zmq.PUSH}[socket]
         self.kind = socket
         self._sock = self._ctx.socket(kind)
@@ -67,7 +77,8 @@ class DetectorPublisher:
         return False
 
     def send(self, message: SeriesStart | Frame | SeriesEnd) -> None:
-        self._sock.send_multipart(native.encode(message), copy=False)
+        for parts in self.encoder.encode(message):
+            self._sock.send_multipart(parts, copy=False)
 
     def send_raw(self, parts: list[bytes]) -> None:
         """Send arbitrary parts (tests use it to inject malformed messages)."""
@@ -82,10 +93,13 @@ class DetectorPublisher:
         rate: float | None = None,
         mask: np.ndarray | None = None,
         meta: dict[str, Any] | None = None,
+        count: int | None = None,
     ) -> SeriesReport:
         """Start, every image as a frame at ``rate`` frames/s (as fast as possible if None),
-        end. Reports when the rate could not be held."""
-        report = SeriesReport(series, target_rate=rate, meta=meta or {})
+        end. Reports when the rate could not be held. ``count``, when known, is announced."""
+        report = SeriesReport(series, target_rate=rate, meta=dict(meta or {}))
+        if count is not None:
+            report.meta["number_of_images"] = count
         self.send(SeriesStart(series, shape, dtype, mask, report.meta))
         interval = 1.0 / rate if rate else 0.0
         start = time.perf_counter()

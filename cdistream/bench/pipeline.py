@@ -19,6 +19,7 @@ from cdistream.service import Accounting, Service, ServiceConfig
 from cdistream.service.queue import FrameQueue
 from cdistream.service.receiver import Receiver
 from cdistream.wire import unpackb
+from cdistream.wire.formats import make_decoder
 
 __all__ = ["end_to_end", "ingest_rate"]
 
@@ -34,7 +35,14 @@ def _free_port() -> int:
 
 
 @contextmanager
-def _detector(frames: int, rate: float | None, socket: str, shape: tuple[int, int]):
+def _detector(
+    frames: int,
+    rate: float | None,
+    socket: str,
+    shape: tuple[int, int],
+    format: str = "native",
+    compression: str = "none",
+):
     """A sim_detector process bound on a free port; yields its address."""
     address = f"{LOOPBACK}:{_free_port()}"
     cmd = [
@@ -55,6 +63,10 @@ def _detector(frames: int, rate: float | None, socket: str, shape: tuple[int, in
         f"{shape[0]}x{shape[1]}",
         "--wait",
         "30",
+        "--format",
+        format,
+        "--compression",
+        compression,
     ]
     if rate:
         cmd += ["--rate", str(rate)]
@@ -144,13 +156,19 @@ def end_to_end(
     }
 
 
-def ingest_rate(frames: int, shape: tuple[int, int] = (512, 512)) -> dict:
+def ingest_rate(
+    frames: int,
+    shape: tuple[int, int] = (512, 512),
+    format: str = "native",
+    compression: str = "none",
+) -> dict:
     """Frames/s of receive + decode + ROI alone (the service's receiver thread, one core),
-    fed by a detector process pushing pre-rendered frames."""
+    fed by a detector process pushing pre-rendered (and pre-compressed) frames."""
     accounting = Accounting()
     queue = FrameQueue(frames + 16, lambda item: None)
-    with _detector(frames, None, "push", shape) as address:
-        receiver = Receiver(address, "pull", RoiConfig(), queue, accounting)
+    with _detector(frames, None, "push", shape, format, compression) as address:
+        decoder = make_decoder(format)
+        receiver = Receiver(address, "pull", decoder, RoiConfig(), queue, accounting)
         receiver.start()
         first, deadline = None, time.monotonic() + 600
         while accounting.total.received < frames:
@@ -163,6 +181,8 @@ def ingest_rate(frames: int, shape: tuple[int, int] = (512, 512)) -> dict:
         receiver.stop()
     got = accounting.total.received - first[1]
     return {
+        "format": format,
+        "compression": compression,
         "frames": frames,
         "frames_per_s": got / elapsed,
         "rejected": dict(accounting.total.rejected),

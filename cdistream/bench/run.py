@@ -76,7 +76,11 @@ def run_bench(quick: bool = False, models: Path | None = None) -> dict:
         run["fraction"] = fraction
         results["latency"].append(run)
     log.info("ingest alone")
-    results["ingest"] = {"raw_uint16_512": ingest_rate(int(5000 * scale) + 500)}
+    frames = int(5000 * scale) + 500
+    results["ingest"] = {
+        "raw_uint16_512": ingest_rate(frames),
+        "bslz4_uint16_512": ingest_rate(frames, format="eiger-v2", compression="bslz4"),
+    }
     results["memory"] = _memory(rec)
     return results
 
@@ -109,9 +113,10 @@ def format_table(r: dict) -> str:
             f"  {run['fraction']:.0%} of capacity ({run['rate_asked']:.0f}/s): p50 {lat['p50']:.1f}"
             f" ms, p99 {lat['p99']:.1f} ms, max {lat['max']:.1f} ms, dropped {run['dropped']}"
         )
-    ing = r["ingest"]["raw_uint16_512"]
+    raw, bslz4 = r["ingest"]["raw_uint16_512"], r["ingest"]["bslz4_uint16_512"]
     lines.append(
-        f"ingest (receive+decode+ROI), raw 512x512 uint16: {ing['frames_per_s']:.0f} frames/s"
+        f"ingest (receive+decode+ROI, one core), 512x512 uint16: raw {raw['frames_per_s']:.0f}"
+        f" frames/s, eiger-v2 bslz4 {bslz4['frames_per_s']:.0f} frames/s"
     )
     lines.append(
         f"peak RSS {r['memory']['rss_peak_mb']:.0f} MB"

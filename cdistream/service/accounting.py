@@ -20,6 +20,7 @@ class CountsDict(TypedDict):
     dropped: int
     gaps: int
     pending: int
+    notices: dict[str, int]  # things that went wrong without costing a frame, by name
 
 
 @dataclass
@@ -31,6 +32,7 @@ class Counts:
     rejected: Counter = field(default_factory=Counter)
     dropped: int = 0
     gaps: int = 0
+    notices: Counter = field(default_factory=Counter)
 
     def pending(self) -> int:
         """Received but not yet reconstructed, rejected or dropped (queued or in flight)."""
@@ -44,6 +46,7 @@ class Counts:
             dropped=self.dropped,
             gaps=self.gaps,
             pending=self.pending(),
+            notices=dict(self.notices),
         )
 
 
@@ -82,6 +85,11 @@ class Accounting:
         with self._lock:
             for c in self._scopes(series):
                 c.gaps += n
+
+    def notice(self, series: int | None, name: str) -> None:
+        with self._lock:
+            for c in self._scopes(series):
+                c.notices[name] += 1
 
     def snapshot(self, series: int | None = ...) -> CountsDict:  # type: ignore[assignment]
         """Counts service-wide, or for one series when ``series`` is given."""

@@ -9,7 +9,8 @@ import threading
 import zmq
 
 from cdistream.roi import RoiConfig, RoiRejected, extract
-from cdistream.wire import DecodeError, Frame, SeriesEnd, SeriesStart, native
+from cdistream.wire import DecodeError, Frame, SeriesEnd, SeriesStart
+from cdistream.wire.formats import Decoder
 
 from .accounting import Accounting
 from .queue import FrameItem, FrameQueue, Rejection
@@ -20,12 +21,14 @@ log = logging.getLogger(__name__)
 
 
 class Receiver:
-    """Connects to the detector (SUB or PULL) and feeds a :class:`FrameQueue`."""
+    """Connects to the detector (SUB or PULL), decodes with ``decoder`` and feeds a
+    :class:`FrameQueue`."""
 
     def __init__(
         self,
         address: str,
         socket: str,
+        decoder: Decoder,
         roi: RoiConfig,
         queue: FrameQueue,
         accounting: Accounting,
@@ -38,7 +41,7 @@ class Receiver:
         if socket == "sub":
             self._sock.setsockopt(zmq.SUBSCRIBE, b"")
         self._sock.connect(address)
-        self._roi, self._queue, self._acct = roi, queue, accounting
+        self._decoder, self._roi, self._queue, self._acct = decoder, roi, queue, accounting
         self._series: SeriesStart | None = None
         self._last_frame = -1
         self._stop = threading.Event()
@@ -76,22 +79,27 @@ class Receiver:
 
     def handle(self, parts: list) -> None:
         """Process one multipart message (public so the benchmark can drive it directly)."""
-        series = self._series.series if self._series else None
         try:
-            message = native.decode(parts)
+            messages = self._decoder.decode(parts)
         except DecodeError as exc:
+            series = exc.series
+            if series is None and self._series is not None:
+                series = self._series.series
             self._acct.received(series)
-            self._reject(series, exc.reason, str(exc))
+            self._reject(series, exc.reason, str(exc), exc.frame)
+            if exc.frame is not None and self._series and self._series.series == series:
+                self._last_frame = max(self._last_frame, exc.frame)  # received, so no gap
             return
-        if isinstance(message, Frame):
-            self._frame(message)
-        elif isinstance(message, SeriesStart):
-            if self._series is not None:  # the previous series never ended
-                self._queue.put(SeriesEnd(self._series.series, self._last_frame + 1))
-            self._series, self._last_frame = message, -1
-            self._queue.put(message)
-        else:
-            self._end(message)
+        for message in messages:
+            if isinstance(message, Frame):
+                self._frame(message)
+            elif isinstance(message, SeriesStart):
+                if self._series is not None:  # the previous series never ended
+                    self._queue.put(SeriesEnd(self._series.series, self._last_frame + 1))
+                self._series, self._last_frame = message, -1
+                self._queue.put(message)
+            else:
+                self._end(message)
 
     def _frame(self, frame: Frame) -> None:
         if self._series is None or self._series.series != frame.series:
@@ -108,6 +116,11 @@ class Receiver:
         if frame.frame > self._last_frame + 1 and self._last_frame >= 0:
             self._acct.gaps(frame.series, frame.frame - self._last_frame - 1)
         self._last_frame = max(self._last_frame, frame.frame)
+        expected = self._series.shape
+        if expected is not None and frame.image.shape != expected:
+            detail = f"frame {frame.frame} is {frame.image.shape}, the series {expected}"
+            self._reject(frame.series, "wrong_shape", detail, frame.frame)
+            return
         try:
             crop = extract(frame.image, self._roi, self._series.mask)
         except RoiRejected as exc:
@@ -120,6 +133,7 @@ class Receiver:
 
     def _start_missed(self, start: SeriesStart) -> None:
         log.warning("frames of series %d arrived without its start message", start.series)
+        self._acct.notice(start.series, "series_start_missed")
         if self._series is not None:
             self._queue.put(SeriesEnd(self._series.series, self._last_frame + 1))
         self._series, self._last_frame = start, -1
@@ -130,7 +144,7 @@ class Receiver:
             self._acct.received(end.series)
             self._reject(end.series, "end_without_start", f"end of series {end.series}")
             return
-        missing = end.frames - (self._last_frame + 1)
+        missing = 0 if end.frames is None else end.frames - (self._last_frame + 1)
         if missing > 0:
             self._acct.gaps(end.series, missing)
         self._queue.put(end)

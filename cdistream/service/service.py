@@ -18,6 +18,7 @@ from cdistream.inference import Reconstructor
 from cdistream.inference.result import finish
 from cdistream.roi import RoiConfig
 from cdistream.wire import SeriesEnd, SeriesStart
+from cdistream.wire.formats import DEFAULT_SOCKET, make_decoder
 
 from .accounting import Accounting, CountsDict
 from .archive import SeriesArchive
@@ -36,7 +37,9 @@ class ServiceConfig:
     """Everything ``cdistream serve`` takes on its command line."""
 
     input: str = "tcp://127.0.0.1:9999"
-    socket: str = "sub"  # or "pull"
+    format: str = "native"  # or eiger-v1, eiger-v2, adzmq, auto (see cdistream.wire.formats)
+    socket: str | None = None  # sub or pull; None: what the format's senders use
+    channel: str | None = None  # stream V2 channel; None: the first the detector lists
     feedback: str = "tcp://127.0.0.1:5577"
     models: Path | None = None  # None: the shipped models
     max_batch: int = 32
@@ -76,9 +79,12 @@ class Service:
     def start(self) -> Service:
         """Warm the networks up, then connect to the detector and start working."""
         self.reconstructor.warm_up()
+        self.decoder = make_decoder(self.config.format, self.config.channel)
+        socket = self.config.socket or DEFAULT_SOCKET[self.config.format]
         self._receiver = Receiver(
             self.config.input,
-            self.config.socket,
+            socket,
+            self.decoder,
             self.config.roi,
             self._queue,
             self.accounting,
@@ -87,9 +93,10 @@ class Service:
         self._receiver.start()
         self._worker.start()
         log.info(
-            "serving %s (%s) -> %s on %s",
+            "serving %s (%s, %s) -> %s on %s",
             self.config.input,
-            self.config.socket,
+            self.config.format,
+            socket,
             self.feedback.address,
             self.reconstructor.device,
         )
@@ -185,7 +192,8 @@ class Service:
             "plan_type": "cdistream",  # with scan_id, what LiveTable & co. print at the end
             "scan_id": start.series,
             "detector_series": start.series,
-            "detector_shape": list(start.shape),
+            "detector_format": self.decoder.name,
+            "detector_shape": list(start.shape) if start.shape else None,
             "detector_dtype": start.dtype,
             "detector": start.meta,
             "model": self.reconstructor.source,

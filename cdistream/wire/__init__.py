@@ -1,6 +1,6 @@
 """Wire formats: detector streams in, msgpack documents out."""
 
-from . import native
+from . import adzmq, eiger_v1, eiger_v2, formats, native
 from .messages import DecodeError, Frame, Message, SeriesEnd, SeriesStart
 from .serialization import UnsafePayloadError, packb, unpackb
 
@@ -11,6 +11,10 @@ __all__ = [
     "SeriesEnd",
     "SeriesStart",
     "UnsafePayloadError",
+    "adzmq",
+    "eiger_v1",
+    "eiger_v2",
+    "formats",
     "native",
     "packb",
     "unpackb",

@@ -13,7 +13,14 @@ __all__ = ["DecodeError", "Frame", "Message", "SeriesEnd", "SeriesStart"]
 
 
 class DecodeError(Rejected):
-    """A message that cannot be decoded."""
+    """A message that cannot be decoded. ``series`` and ``frame`` are set when the message
+    still said which frame it carried, so that the rejection can name it."""
+
+    def __init__(
+        self, reason: str, detail: str, series: int | None = None, frame: int | None = None
+    ):
+        super().__init__(reason, detail)
+        self.series, self.frame = series, frame
 
 
 @dataclass(frozen=True)
@@ -22,8 +29,8 @@ class SeriesStart:
     (beam centre, pixel size, wavelength, distance, count time ...)."""
 
     series: int
-    shape: tuple[int, int]  # rows, cols
-    dtype: str
+    shape: tuple[int, int] | None  # rows, cols; None when the format announces no geometry
+    dtype: str | None  # None when the format announces no pixel type
     mask: np.ndarray | None = None  # bool (rows, cols), True = do not use
     meta: dict[str, Any] = field(default_factory=dict)
 
@@ -40,10 +47,10 @@ class Frame:
 
 @dataclass(frozen=True)
 class SeriesEnd:
-    """A detector series ends after ``frames`` images were sent."""
+    """A detector series ends after ``frames`` images were sent (None: the format does not say)."""
 
     series: int
-    frames: int
+    frames: int | None
 
 
 Message = SeriesStart | Frame | SeriesEnd

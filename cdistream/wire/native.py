@@ -11,7 +11,7 @@ import numpy as np
 
 from .messages import DecodeError, Frame, Message, SeriesEnd, SeriesStart
 
-__all__ = ["PROTOCOL", "decode", "encode"]
+__all__ = ["PROTOCOL", "Decoder", "Encoder", "decode", "encode"]
 
 PROTOCOL = "cdistream-native-1"
 MAX_FRAME_BYTES = 256 * 1024 * 1024
@@ -111,3 +111,21 @@ def decode(parts: Sequence[Any]) -> Message:
     if kind == "end":
         return SeriesEnd(_field(header, "series", int), _field(header, "frames", int))
     raise DecodeError("unknown_type", f"message type {kind!r}")
+
+
+class Decoder:
+    """The native format as a :mod:`cdistream.wire.formats` decoder (it keeps no state)."""
+
+    name = "native"
+
+    def decode(self, parts: Sequence[Any]) -> list[Message]:
+        return [decode(parts)]
+
+
+class Encoder:
+    """The native format as a :mod:`cdistream.wire.formats` encoder."""
+
+    name = "native"
+
+    def encode(self, message: Message) -> list[list[Any]]:
+        return [encode(message)]
