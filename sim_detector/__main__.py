@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-from dataclasses import asdict
 
 import zmq
 
@@ -78,7 +77,7 @@ def main(argv: list[str] | None = None) -> None:
             if args.cycle:
                 rendered = list(scenario_frames(scenario, detector, args.cycle, args.seed))
                 images = (rendered[i % args.cycle] for i in range(args.frames))
-            meta = {"scenario": args.scenario, "seed": args.seed, "detector": asdict(detector)}
+            meta = {**detector.metadata(), "scenario": args.scenario, "seed": args.seed}
         report = pub.run_series(args.series, shape, dtype, images, args.rate, mask, meta, count)
     zmq.Context.instance().term()  # returns once queued frames are out (or the linger passed)
     logging.info(

@@ -23,6 +23,22 @@ class DetectorModel:
     hot_pixels: int = 6
     gap_rows: int = 4  # a horizontal module gap this many rows high, a third of the way down
     seed: int = 0
+    pixel_size: float = 75e-6  # metres, as an EIGER
+    distance: float = 1.5  # metres, sample to detector
+    wavelength: float = 1.378  # angstroms (9 keV)
+    count_time: float = 1e-3  # seconds per frame
+
+    def metadata(self) -> dict[str, float]:
+        """What a real detector announces at the start of a series, under cdistream's names."""
+        return {
+            "beam_center_x": self.shape[1] / 2,
+            "beam_center_y": self.shape[0] / 2,
+            "pixel_size_x": self.pixel_size,
+            "pixel_size_y": self.pixel_size,
+            "detector_distance": self.distance,
+            "wavelength": self.wavelength,
+            "count_time": self.count_time,
+        }
 
     def mask(self) -> np.ndarray:
         """The static pixel mask (True = unusable): the module gap."""

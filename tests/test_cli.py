@@ -81,3 +81,38 @@ def test_demo_runs_the_whole_loop(tmp_path):
     assert len(result.events) == counts["reconstructed"]
     assert result.archive.exists() and result.figure.exists()
     assert np.median(result.iou) > 0.7
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_both_commands_speak_a_dectris_stream(tiny_reconstructor, context, tmp_path):
+    """``python -m sim_detector --format eiger-v1`` into ``cdistream serve --format auto``."""
+    model = tmp_path / "tiny.keras"
+    tiny_reconstructor._model.save(model)
+    detector, feedback = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
+    serve = subprocess.Popen(
+        [sys.executable, "-m", "cdistream", "serve", "--format", "auto", "--socket", "pull",
+         "--input", detector, "--feedback", feedback, "--models", str(model)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    try:
+        sink = DocumentSink(context, feedback)
+        sim = subprocess.run(
+            [sys.executable, "-m", "sim_detector", "--format", "eiger-v1", "--bind", detector,
+             "--frames", "12", "--shape", "96x96", "--scenario", "static", "--series", "4"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )  # fmt: skip
+        assert sim.returncode == 0, sim.stderr
+        docs = sink.collect(timeout=60)
+        serve.send_signal(signal.SIGTERM)
+        out, _ = serve.communicate(timeout=30)
+    finally:
+        serve.kill()
+    start = [d for n, d in docs if n == "start"][0]
+    assert start["detector_format"] == "eiger-v1" and start["detector_series"] == 4
+    assert start["detector"]["header_detail"] == "all" and start["detector"]["count_time"] > 0
+    assert [d["data"]["frame"] for n, d in docs if n == "event"] == list(range(12))
+    assert json.loads(out.strip().splitlines()[-1])["reconstructed"] == 12

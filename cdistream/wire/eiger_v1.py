@@ -93,14 +93,15 @@ def _array(info: dict, blob: Any, series: int | None = None, frame: int | None =
             "wrong_size", f"blob is {view.nbytes} bytes, header says {size}", series, frame
         )
     encoding = info.get("encoding", "<")
-    if encoding == "<":
-        payload: Any = view
-    elif encoding == "lz4<":
-        payload = decompress("lz4-block", view, expected, dtype.itemsize)
-    elif encoding == f"bs{8 * dtype.itemsize}-lz4<":
-        payload = decompress("bslz4", view, expected, dtype.itemsize)
-    else:
+    algorithm = {"<": None, "lz4<": "lz4-block", f"bs{8 * dtype.itemsize}-lz4<": "bslz4"}
+    if encoding not in algorithm:
         raise DecodeError("unknown_encoding", f"encoding {encoding!r} for {name}", series, frame)
+    payload: Any = view
+    if algorithm[encoding] is not None:
+        try:
+            payload = decompress(algorithm[encoding], view, expected, dtype.itemsize)
+        except DecodeError as exc:
+            raise DecodeError(exc.reason, str(exc), series, frame) from None
     if len(payload) != expected:
         raise DecodeError("wrong_size", f"{len(payload)} bytes for {shape} {name}", series, frame)
     return np.frombuffer(payload, dtype=dtype).reshape(rows, cols)
