@@ -3,13 +3,14 @@ counts into magnitudes. Pure numpy, vectorised; hot and masked pixels never win.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
 import numpy as np
 
 from cdistream.errors import Rejected
 
-__all__ = ["Crop", "RoiConfig", "RoiRejected", "extract", "find_peak", "zero_bad_pixels"]
+__all__ = ["BadPixels", "Crop", "RoiConfig", "RoiRejected", "extract", "find_peak"]
 
 
 class RoiRejected(Rejected):
@@ -36,43 +37,64 @@ class Crop:
     peak_col: int
 
 
-def zero_bad_pixels(image: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
-    """The image with unusable pixels set to 0: the detector's mask and, for integer data, the
-    all-ones value that DECTRIS-style detectors use for gaps and dead pixels. The image itself
-    (no copy) when there are none."""
-    bad = mask
-    if image.dtype.kind == "u":
-        invalid = image == np.iinfo(image.dtype).max
-        if invalid.any():
-            bad = invalid if bad is None else bad | invalid
-    return image if bad is None else np.where(bad, 0, image)
+@dataclass(frozen=True)
+class BadPixels:
+    """A detector's static pixel mask, as flat indices: built once per series, so that zeroing
+    masked pixels costs a few microseconds per frame instead of a pass over a boolean image."""
+
+    shape: tuple[int, int]
+    index: np.ndarray  # flat indices of the pixels not to use
+
+    @classmethod
+    def from_mask(cls, mask: np.ndarray) -> BadPixels:
+        """From a boolean image, True = do not use."""
+        return cls(mask.shape, np.flatnonzero(mask))
 
 
-def find_peak(img: np.ndarray) -> tuple[int, int, float]:
-    """(row, col, height) of the Bragg peak in an image whose bad pixels are zero.
+_scratch = threading.local()
 
-    First the brightest 2 x 2 block (by its dimmest pixel): a hot pixel stands alone, so it
-    cannot win; ``height`` is that dimmest count. Then the brightest pixel within 3 pixels of
-    the block, ignoring any pixel more than 4 times brighter than all its neighbours
-    (oversampled speckles are at least 2 pixels wide; hot pixels are not).
-    """
-    eroded = np.minimum(
-        np.minimum(img[:-1, :-1], img[1:, :-1]), np.minimum(img[:-1, 1:], img[1:, 1:])
-    )
-    row, col = divmod(int(np.argmax(eroded)), eroded.shape[1])
+
+def _buffer(name: str, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    """A per-thread scratch array reused across frames: allocating (and page-faulting) fresh
+    half-megabyte temporaries for every frame cost more than the arithmetic on them."""
+    buffers = _scratch.__dict__.setdefault("buffers", {})
+    key = (name, shape, dtype.str)
+    if key not in buffers:
+        buffers[key] = np.empty(shape, dtype)
+    return buffers[key]
+
+
+def _find_peak(img: np.ndarray, offset: int) -> tuple[int, int, float]:
+    """:func:`find_peak` on an image whose values carry ``offset`` (0 means a bad pixel)."""
+    h, w = img.shape
+    pairs = _buffer("pairs", (h, w - 1), img.dtype)
+    np.minimum(img[:, :-1], img[:, 1:], out=pairs)
+    row, col = divmod(int(np.argmax(pairs)), w - 1)
+    height = float(pairs[row, col]) - offset
     r0, c0 = max(row - 3, 0), max(col - 3, 0)
-    window = img[r0 : row + 5, c0 : col + 5].astype(np.float64)
+    window = np.maximum(img[r0 : row + 5, c0 : col + 6].astype(np.float64) - offset, 0)
     padded = np.pad(window, 1)
-    h, w = window.shape
+    wh, ww = window.shape
     shifts = [
-        padded[1 + dr : 1 + dr + h, 1 + dc : 1 + dc + w]
+        padded[1 + dr : 1 + dr + wh, 1 + dc : 1 + dc + ww]
         for dr in (-1, 0, 1)
         for dc in (-1, 0, 1)
         if dr or dc
     ]
     lonely = window > 4 * np.max(shifts, axis=0)
     r, c = np.unravel_index(int(np.argmax(np.where(lonely, 0, window))), window.shape)
-    return r0 + int(r), c0 + int(c), float(eroded[row, col])
+    return r0 + int(r), c0 + int(c), height
+
+
+def find_peak(img: np.ndarray) -> tuple[int, int, float]:
+    """(row, col, height) of the Bragg peak in an image whose bad pixels are zero.
+
+    First the brightest pair of horizontally adjacent pixels (by its dimmer pixel): a hot pixel
+    stands alone, so it cannot win; ``height`` is that dimmer count. Then the brightest pixel
+    within 3 pixels of the pair, ignoring any pixel more than 4 times brighter than all its
+    neighbours (oversampled speckles are at least 2 pixels wide; hot pixels are not).
+    """
+    return _find_peak(img, 0)
 
 
 def _window(image: np.ndarray, row: int, col: int, span: int) -> np.ndarray:
@@ -86,24 +108,34 @@ def _window(image: np.ndarray, row: int, col: int, span: int) -> np.ndarray:
     return out
 
 
-def extract(image: np.ndarray, config: RoiConfig, mask: np.ndarray | None = None) -> Crop:
-    """Find the peak, crop (with optional binning) and convert counts to magnitudes.
+def extract(image: np.ndarray, config: RoiConfig, bad: BadPixels | None = None) -> Crop:
+    """Find the peak, crop (with optional binning) and convert counts to magnitudes. Pixels in
+    ``bad`` and, for unsigned data, pixels at the all-ones value that DECTRIS-style detectors
+    use for gaps and dead pixels, count as zero. Four passes over the frame, no allocation.
 
     Raises :class:`RoiRejected` with reason ``bad_image`` or ``no_peak``.
     """
     if image.ndim != 2 or image.shape[0] < 2 or image.shape[1] < 2:
         raise RoiRejected("bad_image", f"image of shape {image.shape}")
-    if mask is not None and mask.shape != image.shape:
-        raise RoiRejected("bad_image", f"mask {mask.shape} does not fit image {image.shape}")
-    if image.dtype.kind == "f" and not np.isfinite(image).all():
-        raise RoiRejected("bad_image", "image holds NaN or infinity")
-    clean = zero_bad_pixels(image, mask)
-    row, col, height = find_peak(clean)
+    if bad is not None and bad.shape != image.shape:
+        raise RoiRejected("bad_image", f"mask {bad.shape} does not fit image {image.shape}")
+    work = _buffer("work", image.shape, image.dtype)
+    if image.dtype.kind == "u":
+        offset = 1
+        np.add(image, 1, out=work)  # the all-ones invalid value wraps round to 0
+    else:
+        if image.dtype.kind == "f" and not np.isfinite(image).all():
+            raise RoiRejected("bad_image", "image holds NaN or infinity")
+        offset = 0
+        np.copyto(work, image)
+    if bad is not None:
+        work.reshape(-1)[bad.index] = 0
+    row, col, height = _find_peak(work, offset)
     if height < config.min_peak:
         raise RoiRejected("no_peak", f"brightest compact peak has {height:.0f} counts")
     b = config.binning
     span = config.size * b
-    window = _window(clean, row, col, span)
+    window = np.maximum(_window(work, row, col, span) - offset, 0)  # bad pixels: 0 - 1 -> 0
     if b > 1:
         window = window.reshape(config.size, b, config.size, b).sum(axis=(1, 3))
     counts = np.maximum(window - config.background * b * b, 0, dtype=np.float32)

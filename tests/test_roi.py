@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from cdistream.physics import diffraction_magnitudes, random_objects
-from cdistream.roi import RoiConfig, RoiRejected, extract, find_peak
+from cdistream.roi import BadPixels, RoiConfig, RoiRejected, extract, find_peak
 from sim_detector import DetectorModel
 
 OBJ = random_objects(1, seed=11)[0]
@@ -30,8 +30,8 @@ def test_masked_gap_is_ignored_and_zeroed():
     gap_top = det.shape[0] // 3
     frame = det.render(OBJ, gap_top + 10, 256, np.random.default_rng(1))
     assert (frame[gap_top] == np.iinfo(np.uint16).max).all(), "gap pixels carry the invalid value"
-    for mask in (det.mask(), None):  # with the detector's mask, or by the invalid value alone
-        crop = extract(frame, RoiConfig(), mask)
+    for bad in (BadPixels.from_mask(det.mask()), None):  # the mask, or the invalid value alone
+        crop = extract(frame, RoiConfig(), bad)
         assert (crop.peak_row, crop.peak_col) == (gap_top + 10, 256)
         gap_in_crop = slice(16 - 10, 16 - 10 + 4)
         assert not crop.counts[gap_in_crop].any(), "masked pixels enter the pattern as zeros"
@@ -75,6 +75,6 @@ def test_find_peak_reports_height():
     frame = np.zeros((64, 64), np.uint16)
     frame[30:33, 40:43] = [[5, 20, 5], [20, 50, 20], [5, 20, 5]]
     row, col, height = find_peak(frame)
-    assert (row, col) == (31, 41) and height == 5  # the dimmest of the best 2 x 2 block
+    assert (row, col) == (31, 41) and height == 20  # the dimmer of the best horizontal pair
     frame[29, 42] = 400  # a hot pixel beside the peak does not take it over
     assert find_peak(frame)[:2] == (31, 41)

@@ -8,7 +8,7 @@ import threading
 
 import zmq
 
-from cdistream.roi import RoiConfig, RoiRejected, extract
+from cdistream.roi import BadPixels, RoiConfig, RoiRejected, extract
 from cdistream.wire import DecodeError, Frame, SeriesEnd, SeriesStart
 from cdistream.wire.formats import Decoder
 
@@ -43,6 +43,7 @@ class Receiver:
         self._sock.connect(address)
         self._decoder, self._roi, self._queue, self._acct = decoder, roi, queue, accounting
         self._series: SeriesStart | None = None
+        self._bad: BadPixels | None = None  # the series' mask, ready for the ROI
         self._last_frame = -1
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="cdistream-receiver", daemon=True)
@@ -96,8 +97,7 @@ class Receiver:
             elif isinstance(message, SeriesStart):
                 if self._series is not None:  # the previous series never ended
                     self._queue.put(SeriesEnd(self._series.series, self._last_frame + 1))
-                self._series, self._last_frame = message, -1
-                self._queue.put(message)
+                self._begin(message)
             else:
                 self._end(message)
 
@@ -122,7 +122,7 @@ class Receiver:
             self._reject(frame.series, "wrong_shape", detail, frame.frame)
             return
         try:
-            crop = extract(frame.image, self._roi, self._series.mask)
+            crop = extract(frame.image, self._roi, self._bad)
         except RoiRejected as exc:
             self._reject(frame.series, exc.reason, f"frame {frame.frame}: {exc}", frame.frame)
             return
@@ -136,7 +136,11 @@ class Receiver:
         self._acct.notice(start.series, "series_start_missed")
         if self._series is not None:
             self._queue.put(SeriesEnd(self._series.series, self._last_frame + 1))
+        self._begin(start)
+
+    def _begin(self, start: SeriesStart) -> None:
         self._series, self._last_frame = start, -1
+        self._bad = None if start.mask is None else BadPixels.from_mask(start.mask)
         self._queue.put(start)
 
     def _end(self, end: SeriesEnd) -> None:
