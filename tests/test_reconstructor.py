@@ -38,7 +38,9 @@ def test_outputs_follow_the_conventions(rec, magnitudes):
     assert np.all((res.amplitude >= 0) & (res.amplitude <= 1))
     single = rec.reconstruct(magnitudes[0])
     assert single.amplitude.shape == (1, 32, 32)
-    np.testing.assert_allclose(single.amplitude[0], res.amplitude[0], atol=1e-5)
+    # alone (XLA) or in a batch (oneDNN): the same within the precision computed in
+    diff = np.abs(single.amplitude[0] - res.amplitude[0])
+    assert np.median(diff) < 1e-4 and diff.max() < (0.05 if rec.precision == "bfloat16" else 1e-5)
 
 
 def test_input_scale_does_not_matter(rec, magnitudes):
@@ -47,6 +49,18 @@ def test_input_scale_does_not_matter(rec, magnitudes):
         scaled = rec.reconstruct(magnitudes[:16] * factor)
         assert np.abs(scaled.amplitude - base.amplitude).max() < 1e-3
         np.testing.assert_allclose(scaled.chi2, base.chi2, rtol=1e-3, atol=1e-6)
+
+
+def test_bfloat16_keeps_the_float32_quality(rec, magnitudes, truth):
+    exact = Reconstructor.load(precision="float32")
+    fast = Reconstructor.load(precision="bfloat16")
+    a, b = exact.reconstruct(magnitudes), fast.reconstruct(magnitudes)
+    assert np.median(np.abs(a.amplitude - b.amplitude)) < 1e-3
+    sa, sb = compare(a.complex_object(), truth), compare(b.complex_object(), truth)
+    assert abs(np.median(sa.iou) - np.median(sb.iou)) < 0.01
+    assert abs(np.median(sa.phase_rmse) - np.median(sb.phase_rmse)) < 0.01
+    with pytest.raises(ValueError, match="precision"):
+        Reconstructor.load(precision="float16")
 
 
 def test_steady_state_never_retraces(rec, magnitudes):

@@ -67,7 +67,10 @@ def write_card(
         "Ambiguity-invariant: each reconstruction is registered on the truth (twin, circular"
         " shift, global phase) before scoring. IoU of supports at half maximum; phase RMSE inside"
         " the true support; chi2 = sum((I_meas - s I_pred)^2) / sum(I_meas^2) against the"
-        " pattern the network saw.",
+        " pattern the network saw. Inference in"
+        f" {metrics.get('precision', 'float32')} on the {metrics['device']} (`Reconstructor`"
+        " picks bfloat16 where the hardware computes it natively; the same weights in float32"
+        " are in the last row when they differ).",
         "",
         head,
         "|---|---|---|---|---|---|---|",
@@ -79,6 +82,8 @@ def write_card(
             else f"Poisson, {float(key.split('_')[1]):.0e} photons"
         )
         lines.append(_row(name, s))
+    if "noise_free_float32" in metrics:
+        lines.append(_row("noise-free, float32", metrics["noise_free_float32"]))
     lines += [
         "",
         f"## Network + {ref['iterations']} refinement iterations against 620 ER/HIO iterations",

@@ -77,6 +77,12 @@ def evaluate(model_path: Path, test: Dataset, out: Path, seed: int = 0) -> dict:
         if photons is None:
             nn_clean = result
 
+    if rec.precision != "float32":  # the same weights in float32, for comparison
+        exact = Reconstructor.load(model_path, precision="float32")
+        exact.warm_up()
+        result, seconds = _timed(exact.reconstruct, test.magnitudes)
+        metrics["noise_free_float32"] = _scores(result, truth, seconds)
+
     refined, t_refine = _timed(rec.reconstruct, test.magnitudes, refine=REFINE)
 
     def baseline(m: np.ndarray) -> Reconstruction:  # same output conventions as the network
@@ -102,6 +108,7 @@ def evaluate(model_path: Path, test: Dataset, out: Path, seed: int = 0) -> dict:
     )
     log.info("refine: %s", json.dumps(r))
     metrics["device"] = rec.device
+    metrics["precision"] = rec.precision
 
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     plot_examples(test, nn_clean, base_result, out / "examples.png")

@@ -62,13 +62,60 @@ def validate_magnitudes(magnitudes: np.ndarray, n: int) -> np.ndarray:
     return m
 
 
-class Reconstructor:
-    """The sCDI/pCDI pair behind one call: ``Reconstructor.load().reconstruct(magnitudes)``."""
+def _bf16_capable() -> bool:
+    """True on a GPU, or on a CPU with bfloat16 dot products (AVX512-BF16 or AMX), where
+    bfloat16 halves the networks' time; elsewhere bfloat16 would be emulated, and slower."""
+    import tensorflow as tf
 
-    def __init__(self, model, source: str = "<in memory>"):
+    if tf.config.list_physical_devices("GPU"):
+        return True
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return " avx512_bf16" in flags or " amx_bf16" in flags
+
+
+_FLOAT32_LAYERS = ("normalise", "scdi", "pcdi")
+
+
+def _in_bfloat16(model):
+    """The same network computing in bfloat16 (weights stay float32), except the input
+    normalisation. Float32 output convolutions were tried: 20% slower, no better on the test
+    set (median phase difference to float32 0.0016 against 0.0017 rad)."""
+    import keras
+
+    def clone(layer):
+        dtype = "float32" if layer.name in _FLOAT32_LAYERS else "mixed_bfloat16"
+        return layer.__class__.from_config({**layer.get_config(), "dtype": dtype})
+
+    copy = keras.models.clone_model(model, clone_function=clone)
+    copy.set_weights(model.get_weights())
+    return copy
+
+
+def tf_float32(tensor):
+    import tensorflow as tf
+
+    return tf.cast(tensor, tf.float32)
+
+
+class Reconstructor:
+    """The sCDI/pCDI pair behind one call: ``Reconstructor.load().reconstruct(magnitudes)``.
+
+    ``precision`` "auto" computes in bfloat16 where the hardware does that natively (same
+    quality on the test set, about 1.8x faster on an AVX512-BF16 CPU), else in float32.
+    """
+
+    def __init__(self, model, source: str = "<in memory>", precision: str = "auto"):
         import tensorflow as tf
 
-        self._model = model
+        if precision == "auto":
+            precision = "bfloat16" if _bf16_capable() else "float32"
+        if precision not in ("float32", "bfloat16"):
+            raise ValueError(f"precision {precision!r}: float32, bfloat16 or auto")
+        self.precision = precision
+        self._model = _in_bfloat16(model) if precision == "bfloat16" else model
         self.source = source
         self.n = int(model.inputs[0].shape[1])
         self.trace_count = 0  # grows only while tracing: a test guard against retracing
@@ -76,19 +123,24 @@ class Reconstructor:
         for size in BUCKETS:
             spec = tf.TensorSpec((size, self.n, self.n), tf.float32)
             # one function object per bucket: each is traced exactly once (warm_up), and TF
-            # does not mistake five buckets for one function retracing
+            # does not mistake five buckets for one function retracing. XLA only for a single
+            # pattern, where fusing ~40 small ops halves TF's per-op dispatch (1.4 -> 0.8 ms on
+            # 2 CPU cores); from 8 patterns up plain TF with oneDNN is faster.
             self._fns[size] = tf.function(
-                functools.partial(self._forward), input_signature=[spec], reduce_retracing=False
+                functools.partial(self._forward),
+                input_signature=[spec],
+                reduce_retracing=False,
+                jit_compile=size == 1,
             )
         self.device = "GPU" if tf.config.list_physical_devices("GPU") else "CPU"
 
     def _forward(self, x):
         self.trace_count += 1  # Python side effect: runs once per trace, never per call
         out = self._model(x, training=False)
-        return out["scdi"], out["pcdi"]
+        return tf_float32(out["scdi"]), tf_float32(out["pcdi"])
 
     @classmethod
-    def load(cls, path: str | Path | None = None) -> Reconstructor:
+    def load(cls, path: str | Path | None = None, precision: str = "auto") -> Reconstructor:
         """Load a saved model (a ``.keras`` file or a directory holding ``cdi_nn.keras``)."""
         import keras
 
@@ -104,7 +156,7 @@ class Reconstructor:
         except Exception as exc:  # keras raises many types; callers need one
             raise ModelLoadError(f"cannot load {path}: {exc}") from exc
         log.info("loaded %s", path)
-        return cls(model, str(path))
+        return cls(model, str(path), precision)
 
     def warm_up(self) -> None:
         """Trace and run every bucket once, so the first real frame pays no compile cost."""
@@ -114,6 +166,9 @@ class Reconstructor:
     def predict(self, magnitudes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Raw network outputs (amplitude, phase) for validated (k, N, N) float32 patterns."""
         amps, phases = [], []
+        # the scale, divided out here in float64, leaves nothing for bfloat16 rounding to see
+        peak = magnitudes.max(axis=(1, 2), keepdims=True).astype(np.float64)
+        magnitudes = (magnitudes / np.maximum(peak, 1e-30)).astype(np.float32)
         for start in range(0, len(magnitudes), BUCKETS[-1]):
             chunk = magnitudes[start : start + BUCKETS[-1]]
             size = next(b for b in BUCKETS if b >= len(chunk))
