@@ -26,3 +26,21 @@ def test_bench_pieces_run_and_report(tiny_reconstructor, tmp_path):
     out = tmp_path / "bench.json"
     out.write_text(json.dumps({"model": rates, "end_to_end": run, "ingest": ingest}))
     assert json.loads(out.read_text())["end_to_end"]["frames"] == 60
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_cdistream_bench_quick_writes_json_and_plot(tmp_path, capsys):
+    """The command a user runs, with the shipped models, in its short form (about 20 s)."""
+    from cdistream.cli import main
+
+    out, plot = tmp_path / "bench.json", tmp_path / "latency.png"
+    main(["bench", "--quick", "--json", str(out), "--plot", str(plot)])
+    results = json.loads(out.read_text())
+    assert results["machine"]["quick"] and plot.stat().st_size > 1000
+    assert results["model"]["best_per_s"] > 0 and results["baseline"]["speedup_n32"] > 0
+    assert results["end_to_end"]["reconstructed"] > 0
+    assert [run["fraction"] for run in results["latency"]] == [0.1, 0.5, 0.8]
+    assert set(results["ingest"]) == {"raw_uint16_512", "bslz4_uint16_512"}
+    assert all(v > 0 for v in results["stages_us"].values())
+    assert "x model-only" in capsys.readouterr().out
