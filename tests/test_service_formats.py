@@ -112,3 +112,27 @@ def test_frames_without_their_series_start_are_reconstructed_and_noticed(
     (start,) = sink.of("start")
     assert start["detector"] == {"series_start_missed": True} and start["detector_series"] == 9
     assert counts["notices"] == {"series_start_missed": 1} and counts["reconstructed"] == 4
+
+
+def test_a_detector_that_will_not_pair_is_an_error_not_silence(tiny_reconstructor, context, caplog):
+    """The classic mistake: SUB to a DECTRIS detector's PUSH socket. ZeroMQ refuses quietly;
+    cdistream says so, and names the fix."""
+    import logging
+    import time
+
+    caplog.set_level(logging.INFO, logger="cdistream.service.connection")
+    with DetectorPublisher(LOOPBACK, "push", context, "eiger-v2", "bslz4") as pub:
+        for socket, expect in (("sub", "will not pair"), ("pull", "connected to the detector")):
+            service, _sink = start_service(
+                tiny_reconstructor, context, pub, format="eiger-v2", socket=socket
+            )
+            deadline = time.monotonic() + 10
+            try:
+                while expect not in caplog.text and time.monotonic() < deadline:
+                    time.sleep(0.02)
+            finally:
+                counts = service.stop()
+            assert expect in caplog.text, caplog.text
+            failed = counts["notices"].get("handshake_failed", 0)
+            assert (failed >= 1) == (socket == "sub")
+    assert "--socket pull" in caplog.text

@@ -13,6 +13,7 @@ from cdistream.wire import DecodeError, Frame, SeriesEnd, SeriesStart
 from cdistream.wire.formats import Decoder
 
 from .accounting import Accounting
+from .connection import ConnectionWatch
 from .queue import FrameItem, FrameQueue, Rejection
 
 __all__ = ["Receiver"]
@@ -40,6 +41,7 @@ class Receiver:
         self._sock.rcvhwm = 100_000
         if socket == "sub":
             self._sock.setsockopt(zmq.SUBSCRIBE, b"")
+        self.connection = ConnectionWatch(self._sock, socket, accounting)
         self._sock.connect(address)
         self._decoder, self._roi, self._queue, self._acct = decoder, roi, queue, accounting
         self._series: SeriesStart | None = None
@@ -55,11 +57,18 @@ class Receiver:
         """Stop receiving; whatever is already queued stays for the worker to drain."""
         self._stop.set()
         self._thread.join()
+        self.connection.close()
         self._sock.close(linger=0)
 
     def _run(self) -> None:
+        poller = zmq.Poller()
+        poller.register(self._sock, zmq.POLLIN)
+        poller.register(self.connection.socket, zmq.POLLIN)
         while not self._stop.is_set():
-            if self._sock.poll(50):
+            ready = dict(poller.poll(50))
+            if self.connection.socket in ready:
+                self.connection.handle()
+            if self._sock in ready:
                 parts = self._sock.recv_multipart(copy=False)
                 try:
                     self.handle(parts)
