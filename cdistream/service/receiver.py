@@ -11,6 +11,7 @@ import zmq
 from cdistream.roi import BadPixels, RoiConfig, RoiRejected, extract
 from cdistream.wire import DecodeError, Frame, SeriesEnd, SeriesStart
 from cdistream.wire.formats import Decoder
+from cdistream.wire.native import MAX_FRAME_BYTES
 
 from .accounting import Accounting
 from .connection import ConnectionWatch
@@ -39,6 +40,9 @@ class Receiver:
         self._sock = self._ctx.socket({"sub": zmq.SUB, "pull": zmq.PULL}[socket])
         self._sock.linger = 0
         self._sock.rcvhwm = 100_000
+        # a peer sending a larger part than any valid frame is cut off by ZeroMQ itself,
+        # before the part is ever allocated here
+        self._sock.maxmsgsize = MAX_FRAME_BYTES + 2**20
         if socket == "sub":
             self._sock.setsockopt(zmq.SUBSCRIBE, b"")
         self.connection = ConnectionWatch(self._sock, socket, accounting)
