@@ -169,6 +169,8 @@ def plot_latency(r: dict, path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(5, 3.5))
     for key in ("p50", "p99", "max"):
         ax.plot(rates, [run["latency_ms"][key] for run in runs], "o-", label=key)
+    if "p99_bound_ms" in runs[0]:
+        ax.axhline(runs[0]["p99_bound_ms"], ls="--", color="gray", label="p99 bar")
     ax.set_xlabel("input rate (frames/s)")
     ax.set_ylabel("latency frame -> consumer (ms)")
     ax.legend()
