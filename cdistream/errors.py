@@ -22,4 +22,4 @@ class Rejected(CdistreamError, ValueError):
 
     def __init__(self, reason: str, detail: str):
         super().__init__(f"{reason}: {detail}")
-        self.reason = reason
+        self.reason, self.detail = reason, detail

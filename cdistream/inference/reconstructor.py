@@ -94,7 +94,7 @@ def _in_bfloat16(model):
     return copy
 
 
-def tf_float32(tensor):
+def _float32(tensor):
     import tensorflow as tf
 
     return tf.cast(tensor, tf.float32)
@@ -137,7 +137,7 @@ class Reconstructor:
     def _forward(self, x):
         self.trace_count += 1  # Python side effect: runs once per trace, never per call
         out = self._model(x, training=False)
-        return tf_float32(out["scdi"]), tf_float32(out["pcdi"])
+        return _float32(out["scdi"]), _float32(out["pcdi"])
 
     @classmethod
     def load(cls, path: str | Path | None = None, precision: str = "auto") -> Reconstructor:

@@ -34,13 +34,12 @@ class ConnectionWatch:
         self.socket = sock.get_monitor_socket(EVENTS)
         self._data, self._kind, self._acct = sock, kind, accounting
         self._paired = False
-        self.connected = False
 
     def handle(self) -> None:
         event = recv_monitor_message(self.socket)
         kind, endpoint = event["event"], event["endpoint"].decode(errors="replace")
         if kind == zmq.EVENT_HANDSHAKE_SUCCEEDED:
-            self._paired = self.connected = True
+            self._paired = True
             log.info("connected to the detector at %s", endpoint)
         elif kind == zmq.EVENT_DISCONNECTED:
             if self._paired:
@@ -54,7 +53,7 @@ class ConnectionWatch:
                     self._kind.upper(),
                     _PAIRS[self._kind],
                 )
-            self._paired = self.connected = False
+            self._paired = False
         elif kind in _HANDSHAKE_FAILED and self._failed():
             log.error("ZeroMQ handshake with %s failed (%s)", endpoint, zmq.Event(kind).name)
 

@@ -10,8 +10,8 @@ import zmq
 
 from cdistream.roi import BadPixels, RoiConfig, RoiRejected, extract
 from cdistream.wire import DecodeError, Frame, SeriesEnd, SeriesStart
+from cdistream.wire.checks import MAX_FRAME_BYTES
 from cdistream.wire.formats import Decoder
-from cdistream.wire.native import MAX_FRAME_BYTES
 
 from .accounting import Accounting
 from .connection import ConnectionWatch

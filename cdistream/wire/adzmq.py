@@ -12,8 +12,8 @@ from typing import Any
 
 import numpy as np
 
+from .checks import image_bytes, json_object, required
 from .messages import DecodeError, Frame, Message, SeriesEnd, SeriesStart
-from .native import MAX_FRAME_BYTES
 
 __all__ = ["Decoder", "Encoder"]
 
@@ -36,19 +36,12 @@ class Decoder:
     def decode(self, parts: Sequence[Any]) -> list[Message]:
         if not parts:
             raise DecodeError("malformed", "empty message")
-        try:
-            head = json.loads(bytes(memoryview(parts[0])))
-        except Exception as exc:  # UnicodeDecodeError, JSONDecodeError
-            raise DecodeError("malformed", f"header is not JSON ({exc})") from None
-        if not isinstance(head, dict):
-            raise DecodeError("malformed", "header is not a JSON object")
+        head = json_object(parts[0], "header")
         htype = head.get("htype")
         legacy = htype == [HTYPE]
         if htype != HTYPE and not legacy:
             raise DecodeError("unknown_type", f"htype {htype!r}")
-        frame = head.get("frame")
-        if not isinstance(frame, int) or isinstance(frame, bool):
-            raise DecodeError("missing_field" if frame is None else "wrong_type", "'frame'")
+        frame = required(head, "frame", int)
         attrs = head.get("ndattr") if isinstance(head.get("ndattr"), dict) else {}
         series = attrs.get("series")
         if not isinstance(series, int) or isinstance(series, bool):
@@ -89,9 +82,7 @@ class Decoder:
         if len(dims) != 2:
             raise DecodeError("bad_shape", f"shape {shape!r} is not one 2-D image", series, frame)
         dtype = np.dtype(name)
-        expected = dims[0] * dims[1] * dtype.itemsize
-        if expected > MAX_FRAME_BYTES:
-            raise DecodeError("oversized", f"{shape} {name}", series, frame)
+        expected = image_bytes(dims, dtype, series, frame)
         view = memoryview(blob)
         if view.nbytes != expected:
             raise DecodeError(

@@ -19,11 +19,25 @@ HDF5_HEADER = struct.Struct(">QI")  # uncompressed size in bytes, block size in 
 _BSLZ4_BLOCK_BYTES = 8192  # bitshuffle's default target block, as the HDF5 filter uses
 
 
-def decompress(algorithm: str, blob: bytes | memoryview, expected: int, elem_size: int) -> bytes:
+def decompress(
+    algorithm: str,
+    blob: bytes | memoryview,
+    expected: int,
+    elem_size: int,
+    series: int | None = None,
+    frame: int | None = None,
+) -> bytes:
     """The ``expected`` bytes that ``blob`` holds; ``algorithm`` is ``bslz4``, ``lz4`` (both in
-    HDF5 framing) or ``lz4-block`` (a bare LZ4 block). Raises :class:`DecodeError` with reason
-    ``bad_compressed_size`` or ``corrupt_compressed`` rather than returning anything else."""
-    view = memoryview(blob)
+    HDF5 framing) or ``lz4-block`` (a bare LZ4 block). Raises :class:`DecodeError` (naming
+    ``series`` and ``frame``) with reason ``bad_compressed_size``, ``corrupt_compressed`` or
+    ``unknown_encoding`` rather than returning anything else."""
+    try:
+        return _decompress(algorithm, memoryview(blob), expected, elem_size)
+    except DecodeError as exc:
+        raise DecodeError(exc.reason, exc.detail, series, frame) from None
+
+
+def _decompress(algorithm: str, view: memoryview, expected: int, elem_size: int) -> bytes:
     if algorithm == "lz4-block":
         try:
             out = lz4.block.decompress(view, uncompressed_size=expected)

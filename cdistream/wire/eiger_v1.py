@@ -15,9 +15,9 @@ from typing import Any
 
 import numpy as np
 
+from .checks import image_bytes, image_shape, json_object, required
 from .compression import Compressor, decompress
 from .messages import DecodeError, Frame, Message, SeriesEnd, SeriesStart
-from .native import MAX_FRAME_BYTES
 
 __all__ = ["Decoder", "Encoder"]
 
@@ -44,25 +44,6 @@ _META = {
 }
 
 
-def _json(part: Any, what: str, series: int | None = None, frame: int | None = None) -> dict:
-    try:
-        value = json.loads(bytes(memoryview(part)))
-    except Exception as exc:  # UnicodeDecodeError, JSONDecodeError, TypeError
-        raise DecodeError("malformed", f"{what} is not JSON ({exc})", series, frame) from None
-    if not isinstance(value, dict):
-        raise DecodeError("malformed", f"{what} is not a JSON object", series, frame)
-    return value
-
-
-def _int(header: dict, name: str, series: int | None = None, frame: int | None = None) -> int:
-    value = header.get(name)
-    if value is None:
-        raise DecodeError("missing_field", f"{header.get('htype')} has no {name!r}", series, frame)
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise DecodeError("wrong_type", f"{name!r} is {type(value).__name__}", series, frame)
-    return value
-
-
 def _expect(header: dict, htype: str, series: int | None = None, frame: int | None = None) -> None:
     if header.get("htype") != htype:
         raise DecodeError(
@@ -73,19 +54,11 @@ def _expect(header: dict, htype: str, series: int | None = None, frame: int | No
 def _array(info: dict, blob: Any, series: int | None = None, frame: int | None = None):
     """The 2-D array a ``d*-1.0`` JSON part describes and the blob after it holds."""
     shape, name = info.get("shape"), info.get("type")
-    if not (
-        isinstance(shape, list)
-        and len(shape) == 2
-        and all(isinstance(s, int) and 0 < s <= 65536 for s in shape)
-    ):
-        raise DecodeError("bad_shape", f"shape {shape!r} is not [x, y]", series, frame)
+    cols, rows = image_shape(shape, series, frame)  # [x, y]
     if name not in _TYPES:
         raise DecodeError("bad_dtype", f"type {name!r} not in {sorted(_TYPES)}", series, frame)
     dtype = np.dtype(name)
-    rows, cols = shape[1], shape[0]
-    expected = rows * cols * dtype.itemsize
-    if expected > MAX_FRAME_BYTES:
-        raise DecodeError("oversized", f"{shape} {name} exceeds {MAX_FRAME_BYTES}", series, frame)
+    expected = image_bytes((rows, cols), dtype, series, frame)
     view = memoryview(blob)
     size = info.get("size", view.nbytes)
     if size != view.nbytes:
@@ -98,10 +71,7 @@ def _array(info: dict, blob: Any, series: int | None = None, frame: int | None =
         raise DecodeError("unknown_encoding", f"encoding {encoding!r} for {name}", series, frame)
     payload: Any = view
     if algorithm[encoding] is not None:
-        try:
-            payload = decompress(algorithm[encoding], view, expected, dtype.itemsize)
-        except DecodeError as exc:
-            raise DecodeError(exc.reason, str(exc), series, frame) from None
+        payload = decompress(algorithm[encoding], view, expected, dtype.itemsize, series, frame)
     if len(payload) != expected:
         raise DecodeError("wrong_size", f"{len(payload)} bytes for {shape} {name}", series, frame)
     return np.frombuffer(payload, dtype=dtype).reshape(rows, cols)
@@ -120,30 +90,30 @@ class Decoder:
     def decode(self, parts: Sequence[Any]) -> list[Message]:
         if not parts:
             raise DecodeError("malformed", "empty message")
-        head = _json(parts[0], "first part")
+        head = json_object(parts[0], "first part")
         kind = head.get("htype")
         if kind == "dimage-1.0":
             return [self._frame(head, parts)]
         if kind == "dheader-1.0":
             return [self._series_start(head, parts)]
         if kind == "dseries_end-1.0":
-            return [SeriesEnd(_int(head, "series"), self._images)]
+            return [SeriesEnd(required(head, "series", int), self._images)]
         if kind in ("dimage_d-1.0", "dconfig-1.0", *_HEADER_BLOBS):
             raise DecodeError("wrong_htype_order", f"message starts with {kind}")
         raise DecodeError("unknown_type", f"htype {kind!r}")
 
     def _series_start(self, head: dict, parts: Sequence[Any]) -> SeriesStart:
-        series = _int(head, "series")
+        series = required(head, "series", int)
         detail = head.get("header_detail", "none")
         wanted = {"none": 1, "basic": 2, "all": 2 + 2 * len(_HEADER_BLOBS)}.get(detail)
         if wanted is None:
             raise DecodeError("wrong_type", f"header_detail {detail!r}")
         if len(parts) not in (wanted, wanted + 1):  # + 1: the optional header appendix
             raise DecodeError("wrong_parts", f"header_detail {detail}: {len(parts)} parts")
-        config = _json(parts[1], "detector configuration") if wanted > 1 else {}
+        config = json_object(parts[1], "detector configuration") if wanted > 1 else {}
         mask = None
         for i, htype in enumerate(_HEADER_BLOBS if detail == "all" else ()):
-            info = _json(parts[2 + 2 * i], htype)
+            info = json_object(parts[2 + 2 * i], htype)
             _expect(info, htype)
             array = _array(info, parts[3 + 2 * i])
             if htype == "dpixelmask-1.0":
@@ -181,13 +151,13 @@ class Decoder:
 
     def _frame(self, head: dict, parts: Sequence[Any]) -> Frame:
         frame = head.get("frame") if isinstance(head.get("frame"), int) else None
-        series = _int(head, "series", None, frame)
-        frame = _int(head, "frame", series)
+        series = required(head, "series", int, None, frame)
+        frame = required(head, "frame", int, series)
         if len(parts) not in (4, 5):  # + 1: the optional image appendix
             raise DecodeError("wrong_parts", f"image has {len(parts)} parts, not 4", series, frame)
-        info = _json(parts[1], "image encoding part", series, frame)
+        info = json_object(parts[1], "image encoding part", series, frame)
         _expect(info, "dimage_d-1.0", series, frame)
-        timing = _json(parts[3], "image timing part", series, frame)
+        timing = json_object(parts[3], "image timing part", series, frame)
         _expect(timing, "dconfig-1.0", series, frame)
         image = _array(info, parts[2], series, frame)
         start = timing.get("start_time")

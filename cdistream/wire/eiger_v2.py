@@ -12,9 +12,9 @@ from typing import Any, NamedTuple
 import cbor2
 import numpy as np
 
+from .checks import image_bytes, image_shape, required
 from .compression import Compressor, decompress
 from .messages import DecodeError, Frame, Message, SeriesEnd, SeriesStart
-from .native import MAX_FRAME_BYTES
 
 __all__ = ["Decoder", "Encoder"]
 
@@ -97,36 +97,19 @@ def _image(array: Any, what: str, series: int | None = None, frame: int | None =
     if not isinstance(array, _Array):
         raise DecodeError("wrong_type", f"{what} is not a tag-40 array", series, frame)
     dims, typed = array
-    if not (
-        isinstance(dims, list | tuple)
-        and len(dims) == 2
-        and all(isinstance(d, int) and 0 < d <= 65536 for d in dims)
-    ):
-        raise DecodeError("bad_shape", f"{what} has dims {dims!r}", series, frame)
+    dims = image_shape(dims, series, frame)
     if not isinstance(typed, _Typed):
         raise DecodeError("bad_dtype", f"{what} is not a supported typed array", series, frame)
-    expected = dims[0] * dims[1] * typed.dtype.itemsize
-    if expected > MAX_FRAME_BYTES:
-        raise DecodeError("oversized", f"{what}: {dims} exceeds {MAX_FRAME_BYTES}", series, frame)
+    expected = image_bytes(dims, typed.dtype, series, frame)
     payload = typed.payload
     if isinstance(payload, _Compressed):
-        try:
-            payload = decompress(payload.algorithm, payload.data, expected, payload.elem_size)
-        except DecodeError as exc:
-            raise DecodeError(exc.reason, f"{what}: {exc}", series, frame) from None
+        payload = decompress(
+            payload.algorithm, payload.data, expected, payload.elem_size, series, frame
+        )
     if len(payload) != expected:
         raise DecodeError("wrong_size", f"{what}: {len(payload)} bytes for {dims}", series, frame)
     image = np.frombuffer(payload, dtype=typed.dtype).reshape(dims)
     return image if typed.dtype.isnative else image.astype(typed.dtype.newbyteorder("="))
-
-
-def _field(msg: Mapping, name: str, kind: type | tuple[type, ...], frame: int | None = None) -> Any:
-    if name not in msg:
-        raise DecodeError("missing_field", f"{msg.get('type')} message has no {name!r}")
-    value = msg[name]
-    if not isinstance(value, kind) or isinstance(value, bool):
-        raise DecodeError("wrong_type", f"{name!r} is {type(value).__name__}", frame=frame)
-    return value
 
 
 def _seconds(rational: Any) -> float | None:
@@ -136,15 +119,13 @@ def _seconds(rational: Any) -> float | None:
 
 
 class Decoder:
-    """Stateful: the start message tells which channel to use, the series date and the mask."""
+    """Stateful: the start message tells which channel to use and how many images to expect."""
 
     name = NAME
 
     def __init__(self, channel: str | None = None):
         self.channel = channel  # None: the first channel the start message lists
-        self._start: SeriesStart | None = None
         self._channel: str | None = channel
-        self._series_date: datetime | None = None
         self._images: int | None = None
 
     def decode(self, parts: Sequence[Any]) -> list[Message]:
@@ -167,17 +148,15 @@ class Decoder:
         if kind == "start":
             return [self._series_start(msg)]
         if kind == "end":
-            return [SeriesEnd(_field(msg, "series_id", int), self._images)]
+            return [SeriesEnd(required(msg, "series_id", int), self._images)]
         raise DecodeError("unknown_type", f"message type {kind!r}")
 
     def _series_start(self, msg: Mapping) -> SeriesStart:
-        series = _field(msg, "series_id", int)
+        series = required(msg, "series_id", int)
         channels = msg.get("channels") or []
         self._channel = self.channel or (channels[0] if channels else None)
         if self.channel and channels and self.channel not in channels:
             raise DecodeError("unknown_channel", f"channel {self.channel!r} not in {channels}")
-        date = msg.get("arm_date")
-        self._series_date = date if isinstance(date, datetime) else None
         meta: dict[str, Any] = {"format": NAME, "channel": self._channel, "channels": channels}
         for key, name in _META.items():
             if isinstance(msg.get(key), int | float | str) and not isinstance(msg[key], bool):
@@ -199,9 +178,9 @@ class Decoder:
         return SeriesStart(series, shape, None, mask, meta)
 
     def _frame(self, msg: Mapping) -> Frame:
-        frame = _field(msg, "image_id", int)
-        series = _field(msg, "series_id", int, frame)
-        data = _field(msg, "data", Mapping, frame)
+        frame = required(msg, "image_id", int)
+        series = required(msg, "series_id", int, None, frame)
+        data = required(msg, "data", Mapping, series, frame)
         channel = self._channel if self._channel in data else next(iter(data), None)
         if channel is None or (self.channel is not None and channel != self.channel):
             raise DecodeError("unknown_channel", f"no channel {self.channel!r}", series, frame)

@@ -9,12 +9,12 @@ from typing import Any
 import msgpack
 import numpy as np
 
+from .checks import image_bytes, image_shape, required
 from .messages import DecodeError, Frame, Message, SeriesEnd, SeriesStart
 
 __all__ = ["PROTOCOL", "Decoder", "Encoder", "decode", "encode"]
 
 PROTOCOL = "cdistream-native-1"
-MAX_FRAME_BYTES = 256 * 1024 * 1024
 _DTYPES = {"uint8", "uint16", "uint32", "int32", "float32"}
 
 
@@ -49,26 +49,14 @@ def encode(message: Message) -> list[Any]:
     raise TypeError(f"not a message: {message!r}")
 
 
-def _field(header: dict, name: str, kind: type | tuple[type, ...]) -> Any:
-    if name not in header:
-        raise DecodeError("missing_field", f"header has no {name!r}")
-    value = header[name]
-    if not isinstance(value, kind) or isinstance(value, bool):
-        raise DecodeError("wrong_type", f"{name!r} is {type(value).__name__}")
-    return value
-
-
 def _geometry(header: dict) -> tuple[tuple[int, int], np.dtype]:
-    shape = _field(header, "shape", list)
-    if len(shape) != 2 or not all(isinstance(s, int) and 0 < s <= 65536 for s in shape):
-        raise DecodeError("bad_shape", f"shape {shape!r} is not [rows, cols]")
-    name = _field(header, "dtype", str)
+    shape = image_shape(required(header, "shape", list))
+    name = required(header, "dtype", str)
     if name not in _DTYPES:
         raise DecodeError("bad_dtype", f"dtype {name!r} not in {sorted(_DTYPES)}")
     dtype = np.dtype(name)
-    if shape[0] * shape[1] * dtype.itemsize > MAX_FRAME_BYTES:
-        raise DecodeError("oversized", f"{shape} {name} exceeds {MAX_FRAME_BYTES} bytes")
-    return (shape[0], shape[1]), dtype
+    image_bytes(shape, dtype)
+    return shape, dtype
 
 
 def decode(parts: Sequence[Any]) -> Message:
@@ -91,9 +79,9 @@ def decode(parts: Sequence[Any]) -> Message:
             raise DecodeError("wrong_size", f"{buffer.nbytes} bytes for {shape} {dtype.name}")
         image = np.frombuffer(buffer, dtype=dtype).reshape(shape)
         return Frame(
-            _field(header, "series", int),
-            _field(header, "frame", int),
-            float(_field(header, "timestamp", (int, float))),
+            required(header, "series", int),
+            required(header, "frame", int),
+            float(required(header, "timestamp", (int, float))),
             image,
         )
     if kind == "start":
@@ -107,9 +95,9 @@ def decode(parts: Sequence[Any]) -> Message:
         meta = header.get("meta", {})
         if not isinstance(meta, dict):
             raise DecodeError("wrong_type", "'meta' is not a map")
-        return SeriesStart(_field(header, "series", int), shape, dtype.name, mask, meta)
+        return SeriesStart(required(header, "series", int), shape, dtype.name, mask, meta)
     if kind == "end":
-        return SeriesEnd(_field(header, "series", int), _field(header, "frames", int))
+        return SeriesEnd(required(header, "series", int), required(header, "frames", int))
     raise DecodeError("unknown_type", f"message type {kind!r}")
 
 
