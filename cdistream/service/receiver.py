@@ -108,8 +108,6 @@ class Receiver:
             if isinstance(message, Frame):
                 self._frame(message)
             elif isinstance(message, SeriesStart):
-                if self._series is not None:  # the previous series never ended
-                    self._queue.put(SeriesEnd(self._series.series, self._last_frame + 1))
                 self._begin(message)
             else:
                 self._end(message)
@@ -147,11 +145,11 @@ class Receiver:
     def _start_missed(self, start: SeriesStart) -> None:
         log.warning("frames of series %d arrived without its start message", start.series)
         self._acct.notice(start.series, "series_start_missed")
-        if self._series is not None:
-            self._queue.put(SeriesEnd(self._series.series, self._last_frame + 1))
         self._begin(start)
 
     def _begin(self, start: SeriesStart) -> None:
+        if self._series is not None:  # the previous series never ended: end it here
+            self._queue.put(SeriesEnd(self._series.series, self._last_frame + 1))
         self._series, self._last_frame = start, -1
         self._bad = None if start.mask is None else BadPixels.from_mask(start.mask)
         self._queue.put(start)
