@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint bench models clean
+.PHONY: install demo test lint bench models fuzz clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -23,10 +23,14 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m cdistream bench --json bench.json --plot latency.png
 
+# 10,000 mutated messages per detector format through every decoder and a live service
+fuzz: $(STAMP)
+	CDISTREAM_FUZZ=10000 $(PY) -m pytest tests/test_fuzz.py
+
 lint: $(STAMP)
 	$(PY) -m ruff check cdistream training sim_detector tests
 
-# Regenerate models/ (about 20 minutes on 2 CPU cores); see models/MODEL_CARD.md.
+# Regenerate models/ (about two hours on 2 CPU cores); see models/MODEL_CARD.md.
 models: $(STAMP)
 	$(PY) -m training all
 

@@ -2,20 +2,39 @@
 
 Diffraction frames in, amplitude and phase out in milliseconds (the sCDI/pCDI networks),
 fed back to Bluesky so an experiment can steer itself.
+
+The client side (``cdistream.wire`` to decode the feedback channel, ``cdistream.bluesky`` for
+callbacks and the ReconstructionMonitor) imports neither TensorFlow nor scikit-image: the
+names below that need them load on first use.
 """
 
-from .errors import CdistreamError, InvalidPatternError, ModelLoadError, Rejected
-from .inference import Reconstruction, Reconstructor
-from .physics import Comparison, compare
+from importlib import import_module
+
+from ._version import __version__
+from .errors import CdistreamError, ConfigError, InvalidPatternError, ModelLoadError, Rejected
 
 __all__ = [
     "CdistreamError",
     "Comparison",
+    "ConfigError",
     "InvalidPatternError",
     "ModelLoadError",
     "Rejected",
     "Reconstruction",
     "Reconstructor",
+    "__version__",
     "compare",
 ]
-from ._version import __version__  # noqa: E402, F401  (public, not in __all__)
+
+_LAZY = {
+    "Reconstruction": "cdistream.inference",
+    "Reconstructor": "cdistream.inference",
+    "Comparison": "cdistream.physics",
+    "compare": "cdistream.physics",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'cdistream' has no attribute {name!r}")

@@ -7,9 +7,12 @@ import json
 import logging
 import os
 import signal
+import sys
 import threading
 from pathlib import Path
 
+from cdistream._version import __version__
+from cdistream.inference.gate import REFINE_ABOVE, REFINE_ITERATIONS
 from cdistream.wire.formats import FORMATS
 
 __all__ = ["main"]
@@ -54,12 +57,76 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--background", type=float, default=0.0, help="dark counts per pixel to subtract"
     )
+    p.add_argument(
+        "--saturation",
+        type=float,
+        default=None,
+        help="counts at which a pixel is saturated and masked (default: the series' announced"
+        " saturation_value)",
+    )
     p.add_argument("--status-interval", type=float, default=10.0)
+    p.add_argument(
+        "--refine-above",
+        type=float,
+        nargs="?",
+        const=REFINE_ABOVE,
+        default=None,
+        metavar="CHI2",
+        help=f"refine frames whose chi2 exceeds CHI2 (default {REFINE_ABOVE}, chosen on the"
+        " independent test sets: see models/MODEL_CARD.md); off unless given",
+    )
+    p.add_argument("--refine-iterations", type=int, default=REFINE_ITERATIONS)
+    p.add_argument(
+        "--memory-budget",
+        type=_bytes,
+        default="2GiB",
+        help="bytes the service may buffer in all: detector socket, queue, feedback (e.g. 512MiB)",
+    )
+    p.add_argument(
+        "--max-frame-bytes",
+        type=_bytes,
+        default="8MiB",
+        help="the largest detector frame expected: with --memory-budget it sizes the detector"
+        " socket's buffer (messages), which cannot change once connected",
+    )
+    p.add_argument(
+        "--metrics",
+        default=None,
+        metavar="[HOST:]PORT",
+        help="serve Prometheus metrics at http://HOST:PORT/metrics (host: localhost)",
+    )
+    p.add_argument(
+        "--curve-keys",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="CURVE encryption and authentication (docs/security.md; `cdistream keys DIR`)",
+    )
+
+
+_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20,
+          "GIB": 2**30}
+
+
+def _bytes(text: str) -> int:
+    """'2GiB', '512MiB', '1e9' -> bytes."""
+    number = text.rstrip("BbKkMmGgIi")
+    unit = text[len(number):].upper()
+    if unit not in _UNITS:
+        raise argparse.ArgumentTypeError(f"{text!r}: a number of bytes, e.g. 2GiB or 512MiB")
+    return int(float(number) * _UNITS[unit])
+
+
+def _refuse(message: str) -> None:
+    """One line, exit status 2: an option or file the service cannot use."""
+    logging.getLogger("cdistream").error("%s", message)
+    raise SystemExit(2)
 
 
 def serve(args: argparse.Namespace) -> None:
     import zmq
 
+    from cdistream.errors import ConfigError, ModelLoadError
     from cdistream.roi import RoiConfig
     from cdistream.service import Service, ServiceConfig
 
@@ -75,18 +142,38 @@ def serve(args: argparse.Namespace) -> None:
         queue_size=args.queue_size,
         archive=args.archive,
         status_interval=args.status_interval,
-        roi=RoiConfig(args.roi_size, args.binning, args.min_peak, args.background),
+        roi=RoiConfig(
+            args.roi_size, args.binning, args.min_peak, args.background, args.saturation
+        ),
+        refine_above=args.refine_above,
+        refine_iterations=args.refine_iterations,
+        memory_budget=args.memory_budget,
+        max_frame_bytes=args.max_frame_bytes,
+        metrics=args.metrics,
+        curve_keys=args.curve_keys,
     )
-    service = Service(config)
+    try:
+        service = Service(config)
+    except (ConfigError, ModelLoadError) as exc:
+        _refuse(str(exc))
     done = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: done.set())
     service.start()
-    done.wait()
-    logging.getLogger("cdistream").info("shutting down: draining the queue")
+    while not done.wait(0.5):
+        if service.failed.is_set() or not all(service.alive.values()):
+            break
+    log = logging.getLogger("cdistream")
+    failed = service.failed.is_set() or not all(service.alive.values())
+    if failed:
+        log.critical("cdistream cannot go on (threads alive: %s); exiting", service.alive)
+    else:
+        log.info("shutting down: draining the queue")
     counts = service.stop()
     zmq.Context.instance().term()  # returns once the stop document is out (or linger passed)
     print(json.dumps(counts))  # noqa: T201  (the command's result)
+    if failed:
+        raise SystemExit(1)
 
 
 def demo(args: argparse.Namespace) -> None:
@@ -123,10 +210,59 @@ def bench(args: argparse.Namespace) -> None:
         plot_latency(results, args.plot)
 
 
+def reconstruct(args: argparse.Namespace) -> None:
+    from cdistream.errors import CdistreamError
+    from cdistream.inference import Reconstructor
+    from cdistream.offline import reconstruct_files
+    from cdistream.roi import RoiConfig
+    from cdistream.service.options import roi_for_model
+
+    try:
+        rec = Reconstructor.load(args.models)
+        roi = roi_for_model(
+            RoiConfig(args.roi_size, args.binning, args.min_peak, args.background,
+                      args.saturation),
+            rec.n,
+        )
+        summary = reconstruct_files(args.inputs, args.output, rec, roi, args.refine,
+                                    progress=not args.no_progress)
+    except CdistreamError as exc:
+        _refuse(str(exc))
+    print("\n".join(summary.lines()))  # noqa: T201  (the command's result)
+
+
+def view(args: argparse.Namespace) -> None:
+    from cdistream.view import run_view
+
+    curve = None
+    if args.curve_secret is not None:
+        from bluesky.callbacks.zmq import ClientCurve
+
+        curve = ClientCurve(args.curve_secret, args.curve_server)
+    shown = run_view(args.feedback, args.save, args.frames, args.timeout, curve)
+    if args.save is not None:
+        print(f"{shown.accepted} reconstructions; wrote {args.save}")  # noqa: T201
+
+
+def keys(args: argparse.Namespace) -> None:
+    from cdistream.service.security import create_keys
+
+    where = create_keys(args.directory, tuple(args.client) or ("consumer",))
+    print(f"CURVE keys in {where}: server.key(_secret) for cdistream serve --curve-keys;"  # noqa: T201
+          f" clients/ holds the public keys admitted; give each client its client_secrets/ pair")
+
+
 def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["simulate"]:  # the simulator parses its own options
+        from cdistream.simulator import main as simulate
+
+        return simulate(argv[1:])
     parser = argparse.ArgumentParser(prog="cdistream", description=__doc__)
-    parser.add_argument("-v", "--verbose", action="store_true")
+    parser.add_argument("-v", "--verbose", action="store_true", help="TensorFlow's logs too")
+    parser.add_argument("--version", action="version", version=f"cdistream {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("simulate", help="the simulated detector (cdistream simulate --help)")
     _serve_args(sub.add_parser("serve", help="reconstruct a detector stream, publish documents"))
     d = sub.add_parser("demo", help="simulated detector -> service -> Bluesky, on this machine")
     d.add_argument("--out", type=Path, default=Path("demo_output"))
@@ -139,10 +275,36 @@ def main(argv: list[str] | None = None) -> None:
     b.add_argument("--json", type=Path, default=None, help="write the results here")
     b.add_argument("--plot", type=Path, default=None, help="PNG of latency against input rate")
     b.add_argument("--models", type=Path, default=None)
+    r = sub.add_parser("reconstruct", help="reconstruct frames saved in files (HDF5)")
+    r.add_argument("inputs", nargs="+", metavar="INPUT",
+                   help="DECTRIS master file, FILE.h5::/dataset, or a cdistream archive")
+    r.add_argument("--output", type=Path, required=True, help="the NeXus file to write (new)")
+    r.add_argument("--refine", type=int, default=0, help="refinement iterations per frame")
+    r.add_argument("--models", type=Path, default=None)
+    r.add_argument("--roi-size", type=int, default=32)
+    r.add_argument("--binning", type=int, default=1)
+    r.add_argument("--min-peak", type=float, default=10.0)
+    r.add_argument("--background", type=float, default=0.0)
+    r.add_argument("--saturation", type=float, default=None)
+    r.add_argument("--no-progress", action="store_true")
+    v = sub.add_parser("view", help="a live window on the feedback channel")
+    v.add_argument("--feedback", default="tcp://127.0.0.1:5577", help="the service's feedback")
+    v.add_argument("--save", type=Path, default=None, help="off-screen: write this PNG and exit")
+    v.add_argument("--frames", type=int, default=20, help="with --save: after this many")
+    v.add_argument("--timeout", type=float, default=60.0, help="with --save: at most seconds")
+    v.add_argument("--curve-secret", type=Path, default=None, help="this client's .key_secret")
+    v.add_argument("--curve-server", type=Path, default=None, help="the service's server.key")
+    k = sub.add_parser("keys", help="make CURVE key pairs for --curve-keys")
+    k.add_argument("directory", type=Path)
+    k.add_argument("--client", action="append", default=[], help="a client to admit (repeat)")
     args = parser.parse_args(argv)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if args.verbose:  # TensorFlow's own start-up lines too
+        os.environ["CDISTREAM_TF_LOGS"] = "1"
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "0")
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    {"serve": serve, "demo": demo, "bench": bench}[args.command](args)
+    commands = {"serve": serve, "demo": demo, "bench": bench, "keys": keys,
+                "reconstruct": reconstruct, "view": view}
+    commands[args.command](args)

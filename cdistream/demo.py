@@ -27,6 +27,7 @@ class DemoResult:
     """What the demo measured, for its summary and for tests."""
 
     events: list[dict] = field(default_factory=list)
+    start: dict | None = None
     stop: dict | None = None
     archive: Path | None = None
     figure: Path | None = None
@@ -34,7 +35,9 @@ class DemoResult:
     phase_rmse: np.ndarray | None = None
 
     def collect(self, name: str, doc: dict) -> None:
-        if name == "event" and "amplitude" in doc["data"]:
+        if name == "start":
+            self.start = doc
+        elif name == "event" and "amplitude" in doc["data"]:
             self.events.append(doc)
         elif name == "stop":
             self.stop = doc
@@ -49,7 +52,7 @@ def run_demo(
     table: bool = True,
 ) -> DemoResult:
     """Run detector -> service -> Bluesky consumer for one series; write results to ``out``."""
-    from sim_detector import DetectorModel, DetectorPublisher, Scenario, scenario_frames
+    from cdistream.simulator import DetectorModel, DetectorPublisher, Scenario, scenario_frames
 
     out.mkdir(parents=True, exist_ok=True)
     detector = DetectorModel(seed=seed)
@@ -85,7 +88,7 @@ def run_demo(
             sender.start()
             sender.join()
             consumer.wait_for_stops(1, timeout=60)
-    result.archive = out / "series_000001.h5"
+    result.archive = Path(result.start["archive"])
     truth = np.stack([sim.truth(e["data"]["frame"]).obj for e in result.events])
     recon = np.stack(
         [e["data"]["amplitude"] * np.exp(1j * e["data"]["phase"]) for e in result.events]
@@ -103,33 +106,18 @@ def _figure(path: Path, events: list[dict], truth: np.ndarray, recon: np.ndarray
     import matplotlib.pyplot as plt
 
     from cdistream.physics import align
+    from cdistream.plotting import display_phase, show_amplitude, show_phase
 
     picks = np.linspace(0, len(events) - 1, 5).astype(int)
     aligned, _ = align(recon[picks], truth[picks])
-    fig, axes = plt.subplots(4, len(picks), figsize=(2.2 * len(picks), 8.4))
+    fig, axes = plt.subplots(4, len(picks), figsize=(2.6 * len(picks), 8.4))
     for j, k in enumerate(picks):
-        rows = [
-            (np.abs(truth[k]), "gray", 0, 1, f"frame {events[k]['data']['frame']}\ntrue amplitude"),
-            (np.abs(aligned[j]), "gray", 0, 1, "reconstructed"),
-            (
-                np.where(np.abs(truth[k]) > 0.1, np.angle(truth[k]), 0),
-                "twilight_shifted",
-                -np.pi,
-                np.pi,
-                "true phase",
-            ),
-            (
-                np.where(np.abs(aligned[j]) > 0.1, np.angle(aligned[j]), 0),
-                "twilight_shifted",
-                -np.pi,
-                np.pi,
-                f"reconstructed, chi2 {events[k]['data']['chi2']:.3f}",
-            ),
-        ]
-        for i, (img, cmap, lo, hi, title) in enumerate(rows):
-            axes[i, j].imshow(img, cmap=cmap, vmin=lo, vmax=hi)
-            axes[i, j].set_title(title, fontsize=8)
-            axes[i, j].axis("off")
+        data = events[k]["data"]
+        show_amplitude(fig, axes[0, j], np.abs(truth[k]), f"frame {data['frame']}: true")
+        show_amplitude(fig, axes[1, j], np.abs(aligned[j]), "reconstructed")
+        show_phase(fig, axes[2, j], display_phase(truth[k]), "true phase")
+        title = f"reconstructed, chi2 {data['chi2']:.3f}"
+        show_phase(fig, axes[3, j], display_phase(aligned[j]), title)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

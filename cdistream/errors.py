@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["CdistreamError", "InvalidPatternError", "ModelLoadError", "Rejected"]
+__all__ = ["CdistreamError", "ConfigError", "InvalidPatternError", "ModelLoadError", "Rejected"]
 
 
 class CdistreamError(Exception):
@@ -15,6 +15,11 @@ class InvalidPatternError(CdistreamError, ValueError):
 
 class ModelLoadError(CdistreamError):
     """The sCDI/pCDI model files are missing or cannot be loaded safely."""
+
+
+class ConfigError(CdistreamError, ValueError):
+    """An option the service cannot honour, found before anything starts; the message is one
+    line that names the allowed values."""
 
 
 class Rejected(CdistreamError, ValueError):

@@ -27,23 +27,37 @@ def track_peak(
     target: tuple[float, float] | None = None,
     gain: float = 1.0,
     deadband: float = 1.0,
+    calibration: tuple[float, float] = (-1.0, -1.0),
+    max_step: float | None = None,
     md: dict | None = None,
 ) -> Generator:
-    """Take ``num`` frames; after each, move the detector motors so the Bragg peak goes back to
+    """Take ``num`` frames; after each, move the motors so the Bragg peak goes back to
     ``target`` (detector pixel; default: where the first frame saw it).
 
-    The peak lands at (nominal position - motor position), so a peak that drifted by d pixels
-    is brought back by moving the motor by ``gain * d``. Moves smaller than ``deadband`` pixels
-    are skipped. Every frame, the reconstruction and the motor positions are one event.
+    ``calibration`` says, for the row and the column motor, how many detector pixels the peak
+    moves per motor unit, sign included (measure it once with a short scan of each motor; the
+    default -1 is a detector stage in pixel units: moving it by +1 moves the peak by -1 pixel).
+    A peak ``d`` pixels off target is corrected by a move of ``-gain * d / calibration`` motor
+    units, clipped to ``max_step`` motor units (no limit when None); errors within
+    ``deadband`` pixels are left alone. Every frame, the reconstruction (with the peak's
+    sub-pixel offset) and the motor positions are one event.
     """
+    if any(c == 0 for c in calibration):
+        raise ValueError("calibration: pixels per motor unit, never 0")
     readables = [*detectors, recon, row_motor, col_motor]
     md = {
         "plan_name": "track_peak",
         "num_points": num,
         "gain": gain,
         "deadband": deadband,
+        "calibration": list(calibration),
+        "max_step": max_step,
         **(md or {}),
     }
+
+    def _pixels(signal):
+        reading = yield from bps.rd(signal)
+        return float(reading)
 
     @bpp.stage_decorator([*detectors, recon])
     @bpp.run_decorator(md=md)
@@ -51,13 +65,21 @@ def track_peak(
         goal = target
         for _ in range(num):
             yield from bps.trigger_and_read(readables)
-            row, col = recon.peak_row.get(), recon.peak_col.get()
+            row = (yield from _pixels(recon.peak_row)) + (yield from _pixels(recon.peak_offset_row))
+            col = (yield from _pixels(recon.peak_col)) + (yield from _pixels(recon.peak_offset_col))
             if goal is None:
                 goal = (row, col)
             moves = []
-            for motor, error in ((row_motor, row - goal[0]), (col_motor, col - goal[1])):
+            for motor, error, scale in (
+                (row_motor, row - goal[0], calibration[0]),
+                (col_motor, col - goal[1], calibration[1]),
+            ):
                 if abs(error) > deadband:
-                    moves += [motor, motor.position + gain * error]
+                    step = -gain * error / scale
+                    if max_step is not None:
+                        step = max(-max_step, min(max_step, step))
+                    position = yield from bps.rd(motor)
+                    moves += [motor, position + step]
             if moves:
                 yield from bps.mv(*moves)
 
@@ -100,7 +122,7 @@ def strain_watch(
             value = start + i * step
             yield from bps.mv(control, value)
             yield from bps.trigger_and_read(readables)
-            spread = recon.phase_std.get()
+            spread = yield from bps.rd(recon.phase_std)
             if spread > threshold:
                 reason = (
                     f"phase_std {spread:.3f} rad exceeded {threshold:g} rad at "

@@ -7,6 +7,7 @@ import threading
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.ndimage import maximum_filter
 
 from cdistream.errors import Rejected
 
@@ -25,16 +26,19 @@ class RoiConfig:
     binning: int = 1  # sum b x b detector pixels into one before cropping
     min_peak: float = 10.0  # counts a peak pixel and its neighbours must all reach
     background: float = 0.0  # counts per pixel subtracted before the square root
+    saturation: float | None = None  # counts at which pixels are masked; None: the series' value
 
 
 @dataclass(frozen=True)
 class Crop:
     """The network's input and where it came from."""
 
-    magnitudes: np.ndarray  # float32 (size, size), zero frequency at size//2
-    counts: np.ndarray  # float32 (size, size), the raw counts, bad pixels zeroed
+    magnitudes: np.ndarray  # float32 (size, size), zero frequency at size//2, 0 where not valid
+    counts: np.ndarray  # float32 (size, size), the raw counts, pixels not valid zeroed
+    valid: np.ndarray  # bool (size, size): measured (not masked, saturated or off the detector)
     peak_row: int  # detector pixel of the crop's centre
     peak_col: int
+    saturated: int = 0  # pixels of the crop masked because they reached the saturation value
 
 
 @dataclass(frozen=True)
@@ -44,11 +48,13 @@ class BadPixels:
 
     shape: tuple[int, int]
     index: np.ndarray  # flat indices of the pixels not to use
+    mask: np.ndarray  # the boolean image, True = do not use (for the crop's validity)
 
     @classmethod
     def from_mask(cls, mask: np.ndarray) -> BadPixels:
         """From a boolean image, True = do not use."""
-        return cls(mask.shape, np.flatnonzero(mask))
+        mask = np.asarray(mask, bool)
+        return cls(mask.shape, np.flatnonzero(mask), mask)
 
 
 _scratch = threading.local()
@@ -64,6 +70,15 @@ def _buffer(name: str, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
     return buffers[key]
 
 
+_RING = np.ones((3, 3), bool)
+_RING[1, 1] = False
+
+
+def _neighbours_max(x: np.ndarray) -> np.ndarray:
+    """The brightest of each pixel's eight neighbours (0 past the edges)."""
+    return maximum_filter(x, footprint=_RING, mode="constant", cval=0)
+
+
 def _find_peak(img: np.ndarray, offset: int) -> tuple[int, int, float]:
     """:func:`find_peak` on an image whose values carry ``offset`` (0 means a bad pixel)."""
     h, w = img.shape
@@ -73,15 +88,7 @@ def _find_peak(img: np.ndarray, offset: int) -> tuple[int, int, float]:
     height = float(pairs[row, col]) - offset
     r0, c0 = max(row - 3, 0), max(col - 3, 0)
     window = np.maximum(img[r0 : row + 5, c0 : col + 6].astype(np.float64) - offset, 0)
-    padded = np.pad(window, 1)
-    wh, ww = window.shape
-    shifts = [
-        padded[1 + dr : 1 + dr + wh, 1 + dc : 1 + dc + ww]
-        for dr in (-1, 0, 1)
-        for dc in (-1, 0, 1)
-        if dr or dc
-    ]
-    lonely = window > 4 * np.max(shifts, axis=0)
+    lonely = window > 4 * _neighbours_max(window)
     r, c = np.unravel_index(int(np.argmax(np.where(lonely, 0, window))), window.shape)
     return r0 + int(r), c0 + int(c), height
 
@@ -97,10 +104,10 @@ def find_peak(img: np.ndarray) -> tuple[int, int, float]:
     return _find_peak(img, 0)
 
 
-def _window(image: np.ndarray, row: int, col: int, span: int) -> np.ndarray:
-    """span x span pixels with (row, col) at index span//2, zero-padded past the edges."""
+def _window(image: np.ndarray, row: int, col: int, span: int, fill=0) -> np.ndarray:
+    """span x span pixels with (row, col) at index span//2, ``fill`` past the edges."""
     top, left = row - span // 2, col - span // 2
-    out = np.zeros((span, span), dtype=np.float32)
+    out = np.full((span, span), fill, dtype=np.float32 if image.dtype != bool else bool)
     r0, c0 = max(top, 0), max(left, 0)
     r1, c1 = min(top + span, image.shape[0]), min(left + span, image.shape[1])
     if r1 > r0 and c1 > c0:
@@ -108,10 +115,33 @@ def _window(image: np.ndarray, row: int, col: int, span: int) -> np.ndarray:
     return out
 
 
-def extract(image: np.ndarray, config: RoiConfig, bad: BadPixels | None = None) -> Crop:
-    """Find the peak, crop (with optional binning) and convert counts to magnitudes. Pixels in
-    ``bad`` and, for unsigned data, pixels at the all-ones value that DECTRIS-style detectors
-    use for gaps and dead pixels, count as zero. Four passes over the frame, no allocation.
+HOT_RATIO = 16.0  # a pixel this many times brighter than all its neighbours is not diffraction
+
+
+def _outliers(window: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """Isolated pixels far brighter than all eight neighbours (hot pixels the mask does not
+    list): an oversampled pattern's speckles are at least two pixels wide. The 3 x 3 pixels
+    around the ROI's centre are never flagged (a large crystal's central peak is narrow)."""
+    neighbours = _neighbours_max(np.where(valid, window, 0))
+    hot = valid & (window > HOT_RATIO * np.maximum(neighbours, 1.0))
+    c = window.shape[0] // 2
+    hot[c - 1 : c + 2, c - 1 : c + 2] = False
+    return hot
+
+
+def extract(
+    image: np.ndarray,
+    config: RoiConfig,
+    bad: BadPixels | None = None,
+    saturation: float | None = None,
+) -> Crop:
+    """Find the peak, crop (with optional binning) and convert counts to magnitudes.
+
+    Not valid, and zero in the pattern: pixels in ``bad``; for unsigned data, pixels at the
+    all-ones value that DECTRIS-style detectors use for gaps and dead pixels; pixels at or
+    above ``saturation`` counts (the Bragg peak is where detectors saturate); pixels past the
+    detector's edge; isolated hot pixels the mask missed. A binned pixel is valid when all its
+    detector pixels are. Four passes over the frame, no allocation.
 
     Raises :class:`RoiRejected` with reason ``bad_image`` or ``no_peak``.
     """
@@ -135,8 +165,22 @@ def extract(image: np.ndarray, config: RoiConfig, bad: BadPixels | None = None) 
         raise RoiRejected("no_peak", f"brightest compact peak has {height:.0f} counts")
     b = config.binning
     span = config.size * b
-    window = np.maximum(_window(work, row, col, span) - offset, 0)  # bad pixels: 0 - 1 -> 0
+    window = _window(work, row, col, span, fill=-1)
+    valid = window >= 0  # on the detector
+    if offset:
+        valid &= window != 0  # masked or all-ones
+    elif bad is not None:
+        valid &= ~_window(bad.mask, row, col, span, fill=True)
+    window = np.maximum(window - offset, 0)
+    valid &= ~_outliers(window, valid)
+    saturated = 0
+    if saturation is not None:
+        hot = valid & (window >= saturation)
+        saturated = int(hot.sum())
+        valid &= ~hot
+    window *= valid
     if b > 1:
         window = window.reshape(config.size, b, config.size, b).sum(axis=(1, 3))
-    counts = np.maximum(window - config.background * b * b, 0, dtype=np.float32)
-    return Crop(np.sqrt(counts), counts, row, col)
+        valid = valid.reshape(config.size, b, config.size, b).all(axis=(1, 3))
+    counts = np.maximum(window - config.background * b * b, 0, dtype=np.float32) * valid
+    return Crop(np.sqrt(counts), counts, valid, row, col, saturated)

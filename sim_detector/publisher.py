@@ -62,7 +62,11 @@ class DetectorPublisher:
         self._sock = self._ctx.socket(kind)
         self._sock.linger = 2000  # on close, still deliver what is queued (the series end)
         self._sock.sndhwm = 100_000  # a detector buffers, it does not block
-        self._sock.bind(address)
+        try:
+            self._sock.bind(address)
+        except zmq.ZMQError:
+            self._sock.close(linger=0)
+            raise
         self.address = self._sock.getsockopt_string(zmq.LAST_ENDPOINT)
 
     def wait_for_subscriber(self, timeout: float = 10.0) -> bool:

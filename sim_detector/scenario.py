@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from cdistream.physics import ObjectRecipe, random_object
+from .crystals import CrystalRecipe, crystal
 
 __all__ = ["SCENARIOS", "FrameTruth", "Scenario"]
 
@@ -31,9 +31,14 @@ class Scenario:
     """A crystal whose strain grows and/or whose Bragg peak drifts across the detector.
 
     - ``static``: nothing changes;
-    - ``strain``: the phase grows linearly from 10% to 100% of a strong strain field;
+    - ``strain``: the phase grows linearly from 10% to 100% of a strain field whose final peak
+      to peak is ``max_strain`` radians;
     - ``drift``: the peak moves ``drift`` pixels per frame along a fixed direction;
     - ``operando``: both at once.
+
+    The crystal comes from :mod:`sim_detector.crystals` (8 to 14 pixels across by default);
+    ``recipe`` chooses others, e.g. ``CrystalRecipe(families=("ellipse",))`` for a
+    centro-symmetric one whose early, weakly strained frames hardly tell it from its twin.
     """
 
     def __init__(
@@ -43,20 +48,20 @@ class Scenario:
         frames: int = 100,
         detector_shape: tuple[int, int] = (512, 512),
         drift: float = 0.5,
-        recipe: ObjectRecipe = ObjectRecipe(min_size=0.4),  # a well-sized crystal
+        recipe: CrystalRecipe = CrystalRecipe(min_extent=8, max_extent=14),
+        max_strain: float = 3.5,
     ):
         if name not in SCENARIOS:
             raise ValueError(f"unknown scenario {name!r}; choose from {SCENARIOS}")
         self.name, self.seed, self.frames = name, seed, max(frames, 1)
         self.detector_shape = detector_shape
         rng = np.random.default_rng(seed)
-        base = random_object(rng, recipe)
+        base = crystal(rng, recipe).obj
         self._amplitude = np.abs(base)
         self._phase = np.angle(base)
         if name in ("strain", "operando"):  # make sure there is strain to watch grow
             ptp = np.ptp(self._phase[self._amplitude > 0.1]) or 1.0
-            self._phase = self._phase * (np.pi / ptp)  # grows to pi peak-to-peak
-            self._phase = np.clip(self._phase, -np.pi, np.pi)
+            self._phase = self._phase * (max_strain / ptp)  # grows to max_strain peak-to-peak
         margin = recipe.n
         rows, cols = detector_shape
         self._start = np.array([rows / 2, cols / 2]) + rng.uniform(-0.1, 0.1, 2) * [rows, cols]

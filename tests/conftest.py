@@ -4,6 +4,7 @@ quality), real sockets on 127.0.0.1 with ephemeral ports, and a document sink th
 from __future__ import annotations
 
 import socket
+import sqlite3  # noqa: F401  before TensorFlow, whose own SQLite (no FTS5) would shadow it
 import time
 
 import event_model
@@ -47,22 +48,27 @@ def context():
 class DocumentSink:
     """A SUB socket on the feedback channel that decodes Bluesky 0MQ messages with msgpack."""
 
-    def __init__(self, context: zmq.Context, address: str):
+    def __init__(self, context: zmq.Context, address: str, rcvhwm: int = 1000):
         self.sock = context.socket(zmq.SUB)
         self.sock.linger = 0
+        self.sock.rcvhwm = rcvhwm  # 0: unbounded, a consumer that never falls behind
         self.sock.setsockopt(zmq.SUBSCRIBE, b"")
         self.sock.connect(address)
         self.docs: list[tuple[str, dict]] = []
+        self.keep_events = True  # False: count events without decoding them (long overloads)
 
     def collect_until(self, done, timeout: float = 60.0) -> list[tuple[str, dict]]:
         """Receive until ``done(docs)`` is true; fail after ``timeout`` seconds."""
         deadline = time.monotonic() + timeout
         while not done(self.docs):
             left = deadline - time.monotonic()
-            assert left > 0, f"gave up after {timeout} s; got {[n for n, _ in self.docs]}"
+            if left <= 0:
+                seen = {name: [n for n, _ in self.docs].count(name) for name, _ in self.docs}
+                raise AssertionError(f"gave up after {timeout} s; got {seen}")
             if self.sock.poll(int(min(left, 0.5) * 1000)):
                 _prefix, name, payload = self.sock.recv().split(b" ", 2)
-                self.docs.append((name.decode(), unpackb(payload)))
+                keep = self.keep_events or name != b"event"
+                self.docs.append((name.decode(), unpackb(payload) if keep else {}))
         return self.docs
 
     def collect(self, stops: int = 1, timeout: float = 60.0) -> list[tuple[str, dict]]:

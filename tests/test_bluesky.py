@@ -17,7 +17,7 @@ from cdistream.bluesky import (
     ReconstructionTable,
     ReconstructionTimeout,
 )
-from cdistream.physics import compare
+from cdistream.physics import compare, remove_ramp
 from cdistream.plans import strain_watch, track_peak
 from cdistream.service import Service, ServiceConfig
 from sim_detector import DetectorModel, Scenario, SimDetector
@@ -31,11 +31,13 @@ SMALL = DetectorModel(shape=(256, 256), hot_pixels=3, gap_rows=2)
 class Loop:
     """SimDetector -> Service -> ReconstructionMonitor, all real, all on loopback."""
 
-    def __init__(self, rec, scenario=None, detector=SMALL, timeout=20.0, **couplings):
+    def __init__(self, rec, scenario=None, detector=SMALL, timeout=20.0, refine_above=None,
+                 **couplings):
         self.det = SimDetector(
             LOOPBACK, scenario=scenario, detector=detector, name="simdet", **couplings
         )
-        config = ServiceConfig(input=self.det.address, feedback=LOOPBACK, max_wait_ms=1)
+        config = ServiceConfig(input=self.det.address, feedback=LOOPBACK, max_wait_ms=1,
+                               refine_above=refine_above)
         self.service = Service(config, rec).start()
         self.recon = ReconstructionMonitor(
             self.service.feedback.address, frame_signal=self.det.frame, timeout=timeout
@@ -178,15 +180,20 @@ def test_track_peak_holds_a_drifting_peak(tiny_reconstructor, loop_factory):
 
 @pytest.mark.slow
 def test_strain_watch_stops_where_the_strain_crosses(shipped, loop_factory):
+    """Every frame refined (``--refine-above 0``): the networks alone underestimate a large
+    strain's spread (0.47 rad published for 0.76 true on this crystal), refinement recovers it
+    (docs/bluesky.md)."""
     temperature = SynAxis(name="temperature")
     scenario = Scenario("strain", 3, 1, SMALL.shape)
-    lp = loop_factory(shipped, scenario, temperature=temperature, temperature_range=(300, 400))
+    lp = loop_factory(shipped, scenario, temperature=temperature, temperature_range=(300, 400),
+                      refine_above=0.0)
     threshold = 0.5
     steps = np.arange(300, 401, 5.0)
 
-    def true_spread(t):
+    def true_spread(t):  # as published: the strain, without the linear ramp
         obj = scenario.truth_at(np.clip((t - 300) / 100, 0, 1))
-        return np.angle(obj)[np.abs(obj) > 0.1].std()
+        weight = np.abs(obj) * (np.abs(obj) > 0.1)
+        return remove_ramp(np.angle(obj), weight)[weight > 0].std()
 
     expected = next(i for i, t in enumerate(steps) if true_spread(t) > threshold)
     crossed = lp.RE(strain_watch([lp.det], lp.recon, temperature, 300, 5, len(steps), threshold))

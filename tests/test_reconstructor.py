@@ -1,12 +1,14 @@
-"""The shipped models through the public API: conventions, scale invariance, no retracing,
-clear errors, and a reduced quality bar on a small fixed test set."""
+"""The shipped models through the public API: conventions, scale invariance, masked pixels
+ignored, no retracing, clear errors, and a reduced quality bar on a small fixed test set from
+the independent generator (``sim_detector.crystals``, not the training recipe)."""
 
 import numpy as np
 import pytest
 
 from cdistream import InvalidPatternError, ModelLoadError, Reconstructor
 from cdistream.inference import BUCKETS
-from cdistream.physics import compare, diffraction_magnitudes, poisson_magnitudes, random_objects
+from cdistream.physics import compare
+from training import holdout
 
 
 @pytest.fixture(scope="module")
@@ -17,13 +19,20 @@ def rec():
 
 
 @pytest.fixture(scope="module")
-def truth():
-    return random_objects(100, seed=2024)  # a fixed set, not the training seed
+def test_set() -> holdout.HoldoutSet:
+    """160 crystals from the independent generator, seeds the model never saw."""
+    names = ("noise_free", "photons_1e4", "masked_stripe")
+    return holdout.build(160, seed=2027, conditions={k: holdout.CONDITIONS[k] for k in names})
 
 
 @pytest.fixture(scope="module")
-def magnitudes(truth):
-    return diffraction_magnitudes(truth)
+def truth(test_set):
+    return test_set.objects
+
+
+@pytest.fixture(scope="module")
+def magnitudes(test_set):
+    return test_set.magnitudes["noise_free"]
 
 
 def test_outputs_follow_the_conventions(rec, magnitudes):
@@ -45,10 +54,21 @@ def test_outputs_follow_the_conventions(rec, magnitudes):
 
 def test_input_scale_does_not_matter(rec, magnitudes):
     base = rec.reconstruct(magnitudes[:16])
-    for factor in (1e-3, 1e4):
+    for factor in (2.0**-10, 1e-3, 1e4):
         scaled = rec.reconstruct(magnitudes[:16] * factor)
         assert np.abs(scaled.amplitude - base.amplitude).max() < 1e-3
         np.testing.assert_allclose(scaled.chi2, base.chi2, rtol=1e-3, atol=1e-6)
+
+
+def test_masked_pixels_are_ignored(rec, test_set):
+    """Whatever a module gap or a dead pixel holds, the result is the same."""
+    m, v = test_set.magnitudes["masked_stripe"][:16], test_set.valid["masked_stripe"][:16]
+    assert (~v).any()
+    base = rec.reconstruct(m, valid=v)
+    garbage = np.where(v, m, np.random.default_rng(0).uniform(0, m.max(), m.shape))
+    again = rec.reconstruct(garbage.astype(np.float32), valid=v)
+    np.testing.assert_allclose(again.amplitude, base.amplitude, atol=1e-5)
+    np.testing.assert_allclose(again.chi2, base.chi2, rtol=1e-4, atol=1e-7)
 
 
 def test_bfloat16_keeps_the_float32_quality(rec, magnitudes, truth):
@@ -92,19 +112,24 @@ def test_missing_model_is_a_clear_error(tmp_path):
 
 
 @pytest.mark.slow
-def test_shipped_models_meet_a_reduced_quality_bar(rec, truth, magnitudes):
-    res = rec.reconstruct(magnitudes)
-    c = compare(res.complex_object(), truth)
-    assert np.median(c.iou) >= 0.8
-    assert np.median(c.phase_rmse) <= 0.2
-    assert np.median(res.chi2) <= 0.06
-    noisy = poisson_magnitudes(magnitudes, 1e4, np.random.default_rng(0))
-    assert np.median(compare(rec.reconstruct(noisy).complex_object(), truth).iou) >= 0.75
+def test_shipped_models_meet_a_reduced_quality_bar(rec, test_set):
+    """Below the model card's 1000-crystal figures by a sampling margin, per condition and
+    for the small crystals (oversampling above 4) that the last model failed."""
+    bins = test_set.bins()
+    for name, bar in (("noise_free", 0.82), ("photons_1e4", 0.82), ("masked_stripe", 0.78)):
+        res = rec.reconstruct(test_set.magnitudes[name], valid=test_set.valid[name])
+        c = compare(res.complex_object(), test_set.objects)
+        assert np.median(c.iou) >= bar, name
+        assert np.median(c.phase_rmse) <= 0.2, name
+        assert np.median(res.chi2) <= 0.03, name
+        assert np.median(c.iou[bins == "<8"]) >= 0.7, name
 
 
 @pytest.mark.slow
 def test_refinement_moves_closer_to_the_data(rec, truth, magnitudes):
-    plain = rec.reconstruct(magnitudes[:20])
-    refined = rec.reconstruct(magnitudes[:20], refine=50)
-    assert np.median(refined.chi2) < np.median(plain.chi2)
-    assert np.median(compare(refined.complex_object(), truth[:20]).iou) >= 0.8
+    plain = rec.reconstruct(magnitudes[:40])
+    refined = rec.reconstruct(magnitudes[:40], refine=50)
+    assert np.median(refined.chi2) < np.median(plain.chi2) / 5
+    before = compare(plain.complex_object(), truth[:40])
+    after = compare(refined.complex_object(), truth[:40])
+    assert np.median(after.phase_rmse) < np.median(before.phase_rmse)

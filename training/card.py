@@ -4,119 +4,269 @@ card can never disagree with the model it describes."""
 from __future__ import annotations
 
 import json
+import os
 import platform
 from pathlib import Path
 
 import h5py
 
+from .holdout import BIN_LABELS, CONDITIONS
+
 __all__ = ["write_card"]
 
+METHOD_NAMES = {
+    "nn": "networks alone",
+    "nn_refine": "networks + refine=50",
+    "er_hio": "ER/HIO 620 (ours)",
+    "cohere": "cohere-core 620",
+}
 
-def _row(name: str, s: dict) -> str:
-    return (
-        f"| {name} | {s['iou']:.3f} | {s['phase_rmse']:.3f} | {s['chi2']:.4f} | "
-        f"{s['amplitude_error']:.3f} | {s['twin_fraction']:.2f} | {s['ms_per_pattern']:.2f} |"
+
+def _f(value, digits=3) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def _condition_table(metrics: dict) -> list[str]:
+    methods = [m for m in METHOD_NAMES if any(m in c for c in metrics["conditions"].values())]
+    head = "| condition | " + " | ".join(
+        f"{METHOD_NAMES[m]}: IoU / phase rad / chi2" for m in methods
     )
+    lines = [head + " |", "|---" * (len(methods) + 1) + "|"]
+    for name, per in metrics["conditions"].items():
+        cells = []
+        for m in methods:
+            s = per.get(m)
+            cells.append(
+                "" if s is None else f"{s['iou']:.3f} / {s['phase_rmse']:.3f} / {s['chi2']:.4f}"
+            )
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _bin_table(metrics: dict, key: str) -> list[str]:
+    lines = [
+        "| condition | method | all | " + " | ".join(BIN_LABELS) + " |",
+        "|---|---|---|" + "---|" * len(BIN_LABELS),
+    ]
+    for name, per in metrics["conditions"].items():
+        for m, s in per.items():
+            bins = " | ".join(_f(s["bins"][b][key]) for b in BIN_LABELS)
+            lines.append(f"| {name} | {METHOD_NAMES[m]} | {_f(s[key])} | {bins} |")
+    return lines
+
+
+def _ptp_table(metrics: dict) -> list[str]:
+    per = metrics["conditions"]["noise_free"]
+    labels = list(per["nn"]["phase_ptp_bins"])
+    lines = [
+        "| method | " + " | ".join(f"{b} rad" for b in labels) + " |",
+        "|---|" + "---|" * len(labels),
+    ]
+    for m, s in per.items():
+        cells = " | ".join(
+            f"{s['phase_ptp_bins'][b]['iou']:.3f} / {s['phase_ptp_bins'][b]['phase_rmse']:.3f}"
+            for b in labels
+        )
+        lines.append(f"| {METHOD_NAMES[m]} | {cells} |")
+    counts = " | ".join(str(per["nn"]["phase_ptp_bins"][b]["count"]) for b in labels)
+    lines.append(f"| patterns | {counts} |")
+    return lines
+
+
+def _bars(metrics: dict) -> list[str]:
+    """The issue's acceptance bars against what was measured, pass or not."""
+    c = metrics["conditions"]
+    nf = c["noise_free"]["nn"]
+    rows = [
+        ("noise-free median IoU >= 0.88", nf["iou"], nf["iou"] >= 0.88),
+        (
+            "noise-free IoU >= 0.82 in every size bin",
+            min(nf["bins"][b]["iou"] for b in BIN_LABELS),
+            min(nf["bins"][b]["iou"] for b in BIN_LABELS) >= 0.82,
+        ),
+        ("noise-free median phase RMSE <= 0.10 rad", nf["phase_rmse"], nf["phase_rmse"] <= 0.10),
+        ("noise-free median chi2 <= 0.02", nf["chi2"], nf["chi2"] <= 0.02),
+        ("1e4 photons median IoU >= 0.85", c["photons_1e4"]["nn"]["iou"],
+         c["photons_1e4"]["nn"]["iou"] >= 0.85),
+        ("1e3 photons median IoU >= 0.82", c["photons_1e3"]["nn"]["iou"],
+         c["photons_1e3"]["nn"]["iou"] >= 0.82),
+        ("partial coherence 0.7 px: IoU within 0.05 of noise-free",
+         nf["iou"] - c["coherence_0.7"]["nn"]["iou"],
+         nf["iou"] - c["coherence_0.7"]["nn"]["iou"] <= 0.05),
+        ("3-pixel masked stripe: IoU within 0.05 of noise-free",
+         nf["iou"] - c["masked_stripe"]["nn"]["iou"],
+         nf["iou"] - c["masked_stripe"]["nn"]["iou"] <= 0.05),
+        ("gate: default threshold catches >= 90% of IoU < 0.7", metrics["gate"]["default_catches"],
+         metrics["gate"]["default_catches"] >= 0.9),
+    ]
+    refined = c["noise_free"].get("nn_refine")
+    if refined is not None:
+        peers = [m for m in ("er_hio", "cohere") if m in c["noise_free"]]
+        margin = min(
+            min(refined["bins"][b]["iou"] - c["noise_free"][m]["bins"][b]["iou"],
+                c["noise_free"][m]["bins"][b]["phase_rmse"] - refined["bins"][b]["phase_rmse"])
+            for m in peers for b in BIN_LABELS
+        )
+        speed = c["noise_free"]["er_hio"]["ms_per_pattern"] / refined["ms_per_pattern"]
+        rows += [
+            ("noise-free refine=50 at least as good as 620 ER/HIO and cohere-core in every size"
+             " bin (worst margin, IoU or rad)", margin, margin >= 0),
+            ("refine=50 >= 10x faster than our batched ER/HIO (x)", speed, speed >= 10),
+        ]
+    lines = ["| bar | measured | met |", "|---|---|---|"]
+    lines += [f"| {name} | {value:.3f} | {'yes' if ok else '**no**'} |" for name, value, ok in rows]
+    return lines
 
 
 def write_card(
-    out: Path, command: str, train_path: Path, test_path: Path, metrics: dict, total_s: float
+    out: Path,
+    model_path: Path,
+    command: str | None,
+    train_path: Path | None,
+    test_path: Path,
+    metrics: dict,
+    total_s: float | None,
 ) -> Path:
     """Render the card into ``out/MODEL_CARD.md``."""
-    summary = json.loads((out / "cdi_nn.json").read_text())
-    with h5py.File(train_path, "r") as f:
-        recipe = json.loads(f.attrs["recipe"])
-        seed = int(f.attrs["seed"])
-    noise = metrics["noise"]
-    ref = metrics["refine"]
+    summary = json.loads(Path(model_path).with_suffix(".json").read_text())
+    recipe = None
+    if train_path is not None and Path(train_path).exists():
+        with h5py.File(train_path, "r") as f:
+            recipe = json.loads(f.attrs["recipe"])
     best = min(summary["history"], key=lambda h: h["val_loss"])
-    head = (
-        "| inputs | median IoU | median phase RMSE (rad) | median chi2 | amplitude error"
-        " | twin share | ms/pattern |"
+    gate = metrics["gate"]
+    single = metrics["single_pattern_ms"]
+    nf = metrics["conditions"]["noise_free"]
+    cpus = len(os.sched_getaffinity(0))
+    made = (
+        f"`{command}` ({total_s / 60:.0f} min in all)" if command and total_s else
+        "`python -m training generate`, `train` and `evaluate` run one after the other with"
+        " the defaults of `python -m training all`"
     )
     lines = [
         "# Model card: cdi_nn.keras (sCDI + pCDI)",
         "",
-        "One Keras 3 model with a shared convolutional encoder and two heads: `scdi` (amplitude,"
-        " sigmoid) and `pcdi` (phase, radians). Input: raw diffraction magnitudes (N x N, zero"
-        " frequency at N//2) at any scale; the first layer divides by the maximum and adds a"
-        " log-compressed channel. Loads in Keras safe mode (`cdistream.Reconstructor.load()`).",
+        "One Keras 3 model: a convolutional encoder and a U-Net decoder shared by the two heads,"
+        " `scdi` (amplitude, sigmoid) and `pcdi` (phase, radians). Inputs: raw diffraction"
+        " magnitudes (N x N, zero frequency at N//2) at any scale and the validity mask (1"
+        " measured, 0 gap, dead or saturated). The first layer (`DiffractionFeatures`) divides"
+        " by the maximum, adds a log-compressed copy, the autocorrelation (a real-space image"
+        " of the object's extent) and the mask. Loads in Keras safe mode"
+        " (`cdistream.Reconstructor.load()`).",
         "",
         "## How it was made",
         "",
-        f"- Command: {command} (from the repository root; {total_s / 60:.1f} min in all on "
-        f"{platform.machine()} with {_cpus()} CPU cores, no GPU)",
-        f"- Training data: {summary['train_examples']} training + {summary['validation_examples']}"
-        f" validation examples, seed {seed}, generated by `cdistream.physics.random_object`:",
-        f"  `{json.dumps(recipe)}`",
-        f"- Test set: {metrics['test_examples']} fresh examples, seed {metrics['test_seed']}"
-        f" (`{test_path.name}`), never seen in training",
-        f"- Training: {len(summary['history'])} epochs, batch {summary['batch_size']}, Adam"
-        f" {summary['learning_rate']} with cosine decay, widths {summary['widths']}, seed"
-        f" {summary['seed']}; {summary['train_seconds'] / 60:.1f} min; best epoch"
-        f" {best['epoch']} (validation loss {best['val_loss']:.4f}) kept",
-        f"- Augmentation: Poisson noise on {summary['noisy_fraction']:.0%} of each batch at"
-        f" {summary['photons'][0]:.0e}..{summary['photons'][1]:.0e} photons in the brightest"
-        " pixel (log-uniform), random overall scale 1e-2..1e4",
-        "- Loss: amplitude binary cross-entropy plus amplitude-weighted phase MSE with the global"
-        " phase offset removed, each pattern scored against the better of the centred target and"
-        " its twin image (centro-symmetric inversion + conjugate)",
-        "",
-        "## Metrics on the test set",
-        "",
-        "Ambiguity-invariant: each reconstruction is registered on the truth (twin, circular"
-        " shift, global phase) before scoring. IoU of supports at half maximum; phase RMSE inside"
-        " the true support; chi2 = sum((I_meas - s I_pred)^2) / sum(I_meas^2) against the"
-        " pattern the network saw. Inference in"
-        f" {metrics.get('precision', 'float32')} on the {metrics['device']} (`Reconstructor`"
-        " picks bfloat16 where the hardware computes it natively; the same weights in float32"
-        " are in the last row when they differ).",
-        "",
-        head,
-        "|---|---|---|---|---|---|---|",
+        f"- Command: {made}; on {platform.machine()} with {cpus} CPU cores, no GPU, training in"
+        f" {summary.get('precision', 'float32')} (Keras backend {summary.get('backend', '?')}).",
+        f"- Training data: {summary['train_examples']} crystals + {summary['validation_examples']}"
+        " for validation, seed 1, from `cdistream.physics.random_object`; detector conditions"
+        " drawn afresh for every batch from `cdistream.physics.MeasurementRecipe`.",
     ]
-    for key, s in noise.items():
-        name = (
-            "noise-free"
-            if key == "noise_free"
-            else f"Poisson, {float(key.split('_')[1]):.0e} photons"
-        )
-        lines.append(_row(name, s))
-    if "noise_free_float32" in metrics:
-        lines.append(_row("noise-free, float32", metrics["noise_free_float32"]))
+    if recipe:
+        lines.append(f"  Crystal recipe: `{json.dumps(recipe)}`")
+    lines += [
+        f"  Measurement recipe: `{json.dumps(summary['measurement'])}`",
+        f"- Training: {len(summary['history'])} epochs, batch {summary['batch_size']}, AdamW"
+        f" {summary['learning_rate']} (warm-up {summary['warmup_epochs']} epoch, cosine decay),"
+        f" widths {summary['widths']}, seed {summary['seed']}; {summary['train_seconds'] / 60:.0f}"
+        f" min; best epoch {best['epoch']} (validation loss {best['val_loss']:.4f}) kept.",
+        "- Loss: amplitude binary cross-entropy + amplitude-weighted phase MSE modulo offset and"
+        f" linear ramp + {summary['reciprocal_weight']} x reciprocal-space misfit"
+        " (|FT(prediction)| against the measured magnitudes on the valid pixels), each pattern"
+        " scored against the better of the centred target and its twin image.",
+        "- Exploration (architecture, capacity, loss weights, strain families) ran on a lent"
+        " NVIDIA H100 with Keras on JAX; the shipped recipe is the CPU one above.",
+        "",
+        "## Independent test sets",
+        "",
+        f"{metrics['test_examples']} crystals, seed {metrics['test_seed']}"
+        f" (`{Path(test_path).name}`),"
+        " from `sim_detector.crystals` and `sim_detector.farfield`: code that shares nothing with"
+        " the training generator (other shape families: Gaussian point clouds, crystal habits,"
+        " ellipses, rods; an error-function edge of 0.3 to 2 px; strain from cubic polynomials,"
+        " correlated random fields and core-shell relaxation, 0 to 2 pi peak to peak as drawn;"
+        " explicit Fourier sums with the Bragg peak's centre anywhere within the ROI's centre"
+        " pixel; 3 to 40 hull points). Each crystal is measured under every condition:",
+        "",
+    ]
+    lines += [f"- `{name}`: {json.dumps(vars(cond))}" for name, cond in CONDITIONS.items()]
     lines += [
         "",
-        f"## Network + {ref['iterations']} refinement iterations against 620 ER/HIO iterations",
+        "All scores ambiguity-invariant: each reconstruction is registered on the truth (twin,"
+        " sub-pixel circular shift, global phase). IoU of the supports at half maximum; phase"
+        " RMSE inside the true support modulo the best-fit linear ramp; chi2 ="
+        " sum((I_meas - s I_pred)^2) / sum(I_meas^2) over the valid pixels with the"
+        " least-squares scale s. Medians. Size = pixels across (the longer side of the"
+        " half-maximum support's bounding box; N / size is the oversampling).",
+        f" Inference in {metrics['precision']} on the {metrics['device']}.",
         "",
-        "Noise-free inputs, same patterns, same run, same `cdistream.physics.phase_retrieval`"
-        " (vectorised numpy, blocks of 128 patterns). The baseline starts from random phases and"
-        " the autocorrelation support and alternates 40 HIO / 10 ER with shrink-wrap every 20,"
-        " the last 20 averaged (the paper's Methods); `reconstruct(m, refine=50)` starts from the"
-        " networks' output and support and runs error reduction with one shrink-wrap, the last 10"
-        " averaged, while the networks infer the next block. Both times include turning the"
-        " result into amplitude, phase, support and chi2.",
+        "## Against the bars",
         "",
-        head,
-        "|---|---|---|---|---|---|---|",
-        _row(f"NN + refine={ref['iterations']}", ref["nn_plus_refine"]),
-        _row("ER/HIO 620, random start", ref["er_hio_random_start"]),
+        *_bars(metrics),
         "",
-        f"Speed-up of the refined network over the baseline: {ref['speedup_batched']:.1f}x"
-        f" batched over the test set, {ref['speedup_single']:.1f}x one pattern at a time"
-        f" (median ms per single pattern: NN {ref['single_pattern_ms']['nn']:.2f}, NN + refine"
-        f" {ref['single_pattern_ms']['nn_plus_refine']:.2f}, ER/HIO"
-        f" {ref['single_pattern_ms']['er_hio_620']:.1f}).",
+        "## Per condition",
         "",
-        "Figures: `examples.png` (like the paper's Fig. 3), `chi2.png` (like Figs. 4-5)."
+        *_condition_table(metrics),
+        "",
+        "## Support IoU per size bin (pixels across)",
+        "",
+        *_bin_table(metrics, "iou"),
+        "",
+        "## Phase RMSE (rad) per size bin",
+        "",
+        *_bin_table(metrics, "phase_rmse"),
+        "",
+        "## Noise-free, by strain (phase peak to peak as drawn): IoU / phase RMSE",
+        "",
+        *_ptp_table(metrics),
+        "",
+        "## Speed (this machine, this run)",
+        "",
+        "| method | ms/pattern batched over 1000 | ms one pattern at a time |",
+        "|---|---|---|",
+    ]
+    for m, label in METHOD_NAMES.items():
+        if m in nf:
+            lines.append(f"| {label} | {nf[m]['ms_per_pattern']:.2f} | {_f(single.get(m), 2)} |")
+    if "er_hio" in nf:
+        ratio = nf["er_hio"]["ms_per_pattern"] / nf["nn_refine"]["ms_per_pattern"]
+        lines += ["", f"networks + refine=50 is {ratio:.1f}x faster than our batched ER/HIO."]
+    lines += [
+        "",
+        "## Trust gate",
+        "",
+        f"Pooled over every condition ({gate['bad_share']:.1%} of the networks' reconstructions"
+        " have IoU < 0.7):",
+        "",
+        f"- Spearman correlation of chi2 with 1 - IoU: {gate['spearman_chi2_vs_1_minus_iou']:.2f}",
+        "- The largest threshold catching 90% of IoU < 0.7: chi2 >"
+        f" {gate['threshold_catching_90']:.4f}",
+        f"- The default (`--refine-above`, `cdistream.inference.gate.REFINE_ABOVE` ="
+        f" {gate['default_threshold']}): catches {gate['default_catches']:.1%} of IoU < 0.7, flags"
+        f" {gate['default_flags_share']:.1%} of all frames ({gate['good_flagged_share']:.1%} of"
+        " the good ones)",
+        f"- Refining the flagged frames (50 iterations): their median IoU"
+        f" {_f(gate['flagged_iou_before_refine'])} -> {_f(gate['flagged_iou_after_refine'])}",
+        "",
+        "## Known limits",
+        "",
+        "- Phase error grows with strain (table above): about 0.05 rad below 1 rad peak to peak,"
+        " 0.3 rad above 4 rad; in exploration on a GPU, training on data from the test"
+        " generator itself gave the same figures, so this is the architecture's limit at this"
+        " size, not the recipe's.",
+        "- Partial coherence is modelled in training, but refinement (a fully coherent"
+        " projection) makes blurred patterns worse; the gate's flagged frames are mostly those"
+        " (saturated and 1e2-photon patterns too), which is why refining them lowers their"
+        " median IoU. Refinement helps on coherent, unsaturated data (per-condition table).",
+        "- A centro-symmetric crystal (an ellipse) whose strain grows past about 2 rad is"
+        " reconstructed poorly (support IoU near 0.5 on the stream test's series); the series"
+        " registration still keeps one orientation through it.",
+        "",
+        "Figures: `examples.png` (reconstructions beside the truth, phase in radians on a cyclic"
+        " colour map), `gate.png` (chi2 against IoU; median IoU per condition and method)."
         " Raw numbers: `metrics.json`; training history: `cdi_nn.json`.",
         "",
     ]
     path = out / "MODEL_CARD.md"
     path.write_text("\n".join(lines))
     return path
-
-
-def _cpus() -> int:
-    import os
-
-    return len(os.sched_getaffinity(0))

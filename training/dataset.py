@@ -1,7 +1,9 @@
-"""Seeded training and test sets in HDF5: diffraction magnitudes and centred targets.
+"""Seeded training sets in HDF5: the crystals as simulated and their centred targets.
 
-Chunks are seeded from one ``SeedSequence`` so a dataset is the same whatever the number of
-worker processes; both cores generate in parallel.
+The detector conditions (photons, background, coherence, sub-pixel peak position, masks) are
+drawn afresh for every batch during training (:class:`Batches`), so each epoch sees every
+crystal under new conditions. Chunks are seeded from one ``SeedSequence``, so a dataset is the
+same whatever the number of worker processes; all cores generate in parallel.
 """
 
 from __future__ import annotations
@@ -14,12 +16,13 @@ from dataclasses import asdict
 from pathlib import Path
 
 import h5py
+import keras
 import numpy as np
 from tqdm import tqdm
 
-from cdistream.physics import ObjectRecipe, centre, diffraction_magnitudes, random_objects
+from cdistream.physics import MeasurementRecipe, ObjectRecipe, centre, measure, random_objects
 
-__all__ = ["Dataset", "generate", "load"]
+__all__ = ["Batches", "CrystalSet", "generate", "load"]
 
 log = logging.getLogger(__name__)
 CHUNK = 512
@@ -28,11 +31,10 @@ CHUNK = 512
 def _chunk(args: tuple[int, np.random.SeedSequence, ObjectRecipe]) -> tuple[np.ndarray, ...]:
     count, seed, recipe = args
     objects = random_objects(count, seed, recipe)
-    magnitudes = diffraction_magnitudes(objects)
     centred = centre(objects)
     # the sub-pixel shift rings faintly outside the object; the loss weighs phase only on
     # the support, so the targets stay exactly consistent with the magnitudes
-    return magnitudes, np.abs(centred).astype(np.float32), np.angle(centred).astype(np.float32)
+    return objects, np.abs(centred).astype(np.float32), np.angle(centred).astype(np.float32)
 
 
 def generate(
@@ -42,8 +44,8 @@ def generate(
     recipe: ObjectRecipe = ObjectRecipe(),
     workers: int | None = None,
 ) -> Path:
-    """Write ``count`` noise-free examples to ``path``: ``magnitudes`` (fftshifted |FT| of the
-    object as simulated), ``amplitude`` and ``phase`` (the object centred on N//2)."""
+    """Write ``count`` crystals to ``path``: ``objects`` (complex64, as simulated) and the
+    targets ``amplitude`` and ``phase`` (the object centred on N//2)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     n = recipe.n
@@ -52,53 +54,97 @@ def generate(
     workers = workers or os.cpu_count() or 1
     tmp = path.with_suffix(".partial")
     with h5py.File(tmp, "w") as f:
+        chunks = (min(CHUNK, count), n, n)
         dsets = {
-            name: f.create_dataset(name, (count, n, n), "f4", chunks=(min(CHUNK, count), n, n))
-            for name in ("magnitudes", "amplitude", "phase")
+            "objects": f.create_dataset("objects", (count, n, n), "c8", chunks=chunks),
+            "amplitude": f.create_dataset("amplitude", (count, n, n), "f4", chunks=chunks),
+            "phase": f.create_dataset("phase", (count, n, n), "f4", chunks=chunks),
         }
         f.attrs["seed"] = seed
         f.attrs["recipe"] = json.dumps(asdict(recipe))
         start = 0
-        with ProcessPoolExecutor(workers) as pool, tqdm(total=count, unit="pattern") as bar:
+        with ProcessPoolExecutor(workers) as pool, tqdm(total=count, unit="crystal") as bar:
             jobs = zip(sizes, seeds, [recipe] * len(sizes), strict=True)
-            for mags, amp, phase in pool.map(_chunk, jobs):
-                stop = start + len(mags)
-                dsets["magnitudes"][start:stop] = mags
+            for objects, amp, phase in pool.map(_chunk, jobs):
+                stop = start + len(objects)
+                dsets["objects"][start:stop] = objects
                 dsets["amplitude"][start:stop] = amp
                 dsets["phase"][start:stop] = phase
                 start = stop
-                bar.update(len(mags))
+                bar.update(len(objects))
     tmp.replace(path)
-    log.info("wrote %d examples to %s", count, path)
+    log.info("wrote %d crystals to %s", count, path)
     return path
 
 
-class Dataset:
-    """A dataset held in memory: arrays of shape (count, N, N) and the recipe it came from."""
+class CrystalSet:
+    """Crystals held in memory: complex objects and centred targets, (count, N, N) each."""
 
-    def __init__(
-        self, magnitudes: np.ndarray, amplitude: np.ndarray, phase: np.ndarray, meta: dict
-    ):
-        self.magnitudes, self.amplitude, self.phase, self.meta = magnitudes, amplitude, phase, meta
+    def __init__(self, objects: np.ndarray, amplitude: np.ndarray, phase: np.ndarray, meta):
+        self.objects, self.amplitude, self.phase, self.meta = objects, amplitude, phase, meta
 
     def __len__(self) -> int:
-        return len(self.magnitudes)
+        return len(self.objects)
 
-    def objects(self) -> np.ndarray:
-        """The (centred) complex ground-truth objects."""
-        return self.amplitude * np.exp(1j * self.phase)
-
-    def split(self, holdout: int) -> tuple[Dataset, Dataset]:
-        """(first len - holdout, last holdout) examples."""
+    def split(self, holdout: int) -> tuple[CrystalSet, CrystalSet]:
+        """(first len - holdout, last holdout) crystals."""
         cut = len(self) - holdout
-        head = Dataset(self.magnitudes[:cut], self.amplitude[:cut], self.phase[:cut], self.meta)
-        tail = Dataset(self.magnitudes[cut:], self.amplitude[cut:], self.phase[cut:], self.meta)
+        head = CrystalSet(self.objects[:cut], self.amplitude[:cut], self.phase[:cut], self.meta)
+        tail = CrystalSet(self.objects[cut:], self.amplitude[cut:], self.phase[cut:], self.meta)
         return head, tail
 
 
-def load(path: str | Path, limit: int | None = None) -> Dataset:
-    """Read a dataset written by :func:`generate` (the first ``limit`` examples if given)."""
+def load(path: str | Path, limit: int | None = None) -> CrystalSet:
+    """Read a set written by :func:`generate` (the first ``limit`` crystals if given)."""
     with h5py.File(path, "r") as f:
         sl = slice(0, limit)
         meta = {"seed": int(f.attrs["seed"]), "recipe": json.loads(f.attrs["recipe"])}
-        return Dataset(f["magnitudes"][sl], f["amplitude"][sl], f["phase"][sl], meta)
+        return CrystalSet(f["objects"][sl], f["amplitude"][sl], f["phase"][sl], meta)
+
+
+class Batches(keras.utils.PyDataset):
+    """Training batches: crystals in a new random order each epoch, each measured under
+    conditions drawn from ``recipe``. ``fixed`` batches (validation) draw the same conditions
+    every time. Inputs {magnitudes, valid}; target (batch, N, N, 4): amplitude, phase,
+    magnitudes, valid (the loss compares the prediction's far field with the magnitudes).
+
+    Every random draw is seeded from (seed, epoch, batch), so a run is reproducible whatever
+    the number of data-loading workers.
+    """
+
+    def __init__(
+        self,
+        data: CrystalSet,
+        batch_size: int,
+        recipe: MeasurementRecipe = MeasurementRecipe(),
+        seed: int = 0,
+        fixed: bool = False,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.data, self.batch_size, self.recipe = data, batch_size, recipe
+        self.seed, self.fixed, self.epoch = seed, fixed, 0
+        self._order = np.arange(len(data))
+        if not fixed:
+            self.on_epoch_end()
+
+    def __len__(self) -> int:
+        whole = len(self.data) // self.batch_size  # training: whole batches only
+        return -(-len(self.data) // self.batch_size) if self.fixed else whole
+
+    def on_epoch_end(self) -> None:
+        if self.fixed:
+            return
+        self._order = np.random.default_rng([self.seed, self.epoch]).permutation(len(self.data))
+        self.epoch += 1
+
+    def __getitem__(self, index: int):
+        idx = np.sort(self._order[index * self.batch_size : (index + 1) * self.batch_size])
+        rng = np.random.default_rng([self.seed, 0 if self.fixed else self.epoch, index])
+        measured = measure(self.data.objects[idx], rng, self.recipe)
+        target = np.stack(
+            [self.data.amplitude[idx], self.data.phase[idx], measured.magnitudes, measured.valid],
+            axis=-1,
+        ).astype(np.float32)
+        inputs = {"magnitudes": measured.magnitudes, "valid": measured.valid.astype(np.float32)}
+        return inputs, target

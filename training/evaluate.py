@@ -1,6 +1,7 @@
-"""Evaluate a trained model on a held-out test set: ambiguity-invariant metrics at several
-photon counts, the network-seeded refinement against the ER/HIO baseline, and the paper's
-figures (examples like its Fig. 3, the chi2 histogram with best and worst cases like Figs. 4-5).
+"""Evaluate a trained model on the independent test sets (:mod:`training.holdout`): the
+networks alone, the networks + 50 refinement iterations, 620 ER/HIO iterations (ours) and
+cohere-core's 620 (when installed), per measured condition and per object-size bin, the trust
+gate's figures, and the figures of the model card. Every score is ambiguity-invariant.
 """
 
 from __future__ import annotations
@@ -10,37 +11,64 @@ import logging
 import time
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+from scipy.stats import spearmanr
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+from cdistream.bench.cohere import cohere_available, cohere_phase_retrieval
+from cdistream.inference import Reconstruction, Reconstructor
+from cdistream.inference.gate import REFINE_ABOVE, REFINE_ITERATIONS, threshold_catching
+from cdistream.inference.result import finish
+from cdistream.physics import compare, fit_ramp, phase_retrieval
 
-from cdistream.inference import Reconstruction, Reconstructor  # noqa: E402
-from cdistream.inference.result import finish  # noqa: E402
-from cdistream.physics import (  # noqa: E402
-    align,
-    compare,
-    phase_retrieval,
-    poisson_magnitudes,
-    predicted_intensity,
-)
+from . import holdout
+from .card import write_card
+from .figures import plot_examples, plot_gate
 
-from .dataset import Dataset  # noqa: E402
-
-__all__ = ["PHOTON_LEVELS", "evaluate"]
+__all__ = ["BASELINE_CONDITIONS", "evaluate_and_card"]
 
 log = logging.getLogger(__name__)
-PHOTON_LEVELS = (None, 1e5, 1e4, 1e3)  # counts in the brightest pixel; None = noise-free
-REFINE = 50
+
 BASELINE_ITERATIONS = 620
+# the conditions on which every method runs (the iterative ones are slow)
+BASELINE_CONDITIONS = (
+    "noise_free",
+    "photons_1e5",
+    "photons_1e4",
+    "photons_1e3",
+    "background",
+    "coherence_0.7",
+    "masked_stripe",
+)
+PTP_BINS = (0, 1, 2, 3, 4, 5, 2 * np.pi + 0.01)  # radians of strain, peak to peak
 
 
-def _scores(result: Reconstruction, truth: np.ndarray, seconds: float) -> dict[str, float]:
-    scores = compare(result.complex_object(), truth).medians()
-    scores["chi2"] = float(np.median(result.chi2))
-    scores["ms_per_pattern"] = 1e3 * seconds / len(result)
-    return scores
+def _medians(c, chi2: np.ndarray, sel: np.ndarray) -> dict[str, float]:
+    return {
+        "iou": float(np.median(c.iou[sel])),
+        "phase_rmse": float(np.median(c.phase_rmse[sel])),
+        "chi2": float(np.median(chi2[sel])),
+        "amplitude_error": float(np.median(c.amplitude_error[sel])),
+        "count": int(sel.sum()),
+    }
+
+
+def _score(result: Reconstruction, test: holdout.HoldoutSet, seconds: float) -> dict:
+    c = compare(result.complex_object(), test.objects)
+    every = np.ones(len(test), bool)
+    bins = test.bins()
+    out = _medians(c, result.chi2, every)
+    out["twin_share"] = float(np.mean(c.twinned))
+    out["ms_per_pattern"] = 1e3 * seconds / len(test)
+    out["bins"] = {label: _medians(c, result.chi2, bins == label) for label in holdout.BIN_LABELS}
+    ptp = np.digitize(test.phase_ptp, PTP_BINS[1:-1])
+    out["phase_ptp_bins"] = {
+        f"{PTP_BINS[k]:.0f}-{min(PTP_BINS[k + 1], 2 * np.pi):.1f}": _medians(
+            c, result.chi2, ptp == k
+        )
+        for k in range(len(PTP_BINS) - 1)
+    }
+    out["_iou"], out["_chi2"] = c.iou, result.chi2  # for the gate; dropped before saving
+    return out
 
 
 def _timed(fn, *args, **kwargs):
@@ -49,157 +77,132 @@ def _timed(fn, *args, **kwargs):
     return out, time.perf_counter() - t0
 
 
-def _single_pattern_ms(fn, patterns: np.ndarray) -> float:
-    """Median wall time of ``fn`` on one pattern at a time (the streaming case)."""
-    times = [_timed(fn, p[None])[1] for p in patterns]
+def _iterative(objects: np.ndarray, measured: np.ndarray, valid: np.ndarray | None):
+    amp = np.abs(objects)
+    amp = amp / np.maximum(amp.max(axis=(1, 2), keepdims=True), 1e-30)
+    return finish(measured, amp, np.angle(objects), valid, fit_ramp(objects, amp * (amp > 0.1)))
+
+
+def _ours(m: np.ndarray, valid: np.ndarray) -> Reconstruction:
+    return _iterative(phase_retrieval(m, BASELINE_ITERATIONS, seed=0, valid=valid), m, valid)
+
+
+def _cohere(m: np.ndarray, valid: np.ndarray) -> Reconstruction:
+    return _iterative(cohere_phase_retrieval(m), m, valid)
+
+
+def _single_ms(fn, patterns: np.ndarray, valid: np.ndarray) -> float:
+    times = [_timed(fn, p[None], v[None])[1] for p, v in zip(patterns, valid, strict=True)]
     return 1e3 * float(np.median(times))
 
 
-def evaluate(model_path: Path, test: Dataset, out: Path, seed: int = 0) -> dict:
-    """Measure everything the model card reports and write ``metrics.json`` and figures."""
-    out.mkdir(parents=True, exist_ok=True)
+def evaluate(model_path: Path, test: holdout.HoldoutSet, out: Path, cohere: str = "auto") -> dict:
+    """Measure everything the model card reports; write ``metrics.json`` and the figures."""
     rec = Reconstructor.load(model_path)
     rec.warm_up()
-    truth = test.objects()
-    rng = np.random.default_rng(seed)
-    metrics: dict = {"test_examples": len(test), "test_seed": test.meta["seed"], "noise": {}}
-
-    for photons in PHOTON_LEVELS:
-        m = (
-            test.magnitudes
-            if photons is None
-            else poisson_magnitudes(test.magnitudes, photons, rng)
-        )
-        result, seconds = _timed(rec.reconstruct, m)
-        key = "noise_free" if photons is None else f"photons_{photons:.0e}"
-        metrics["noise"][key] = _scores(result, truth, seconds)
-        log.info("%s: %s", key, metrics["noise"][key])
-        if photons is None:
-            nn_clean = result
-
-    if rec.precision != "float32":  # the same weights in float32, for comparison
-        exact = Reconstructor.load(model_path, precision="float32")
-        exact.warm_up()
-        result, seconds = _timed(exact.reconstruct, test.magnitudes)
-        metrics["noise_free_float32"] = _scores(result, truth, seconds)
-
-    refined, t_refine = _timed(rec.reconstruct, test.magnitudes, refine=REFINE)
-
-    def baseline(m: np.ndarray) -> Reconstruction:  # same output conventions as the network
-        obj = phase_retrieval(m, BASELINE_ITERATIONS, seed=seed)
-        return finish(m, np.abs(obj), np.angle(obj))
-
-    base_result, t_base = _timed(baseline, test.magnitudes)
-    few = test.magnitudes[:20]
-    metrics["refine"] = {
-        "iterations": REFINE,
-        "nn_plus_refine": _scores(refined, truth, t_refine),
-        "er_hio_random_start": _scores(base_result, truth, t_base),
-        "single_pattern_ms": {
-            "nn": _single_pattern_ms(rec.reconstruct, few),
-            "nn_plus_refine": _single_pattern_ms(lambda p: rec.reconstruct(p, refine=REFINE), few),
-            "er_hio_620": _single_pattern_ms(baseline, few),
-        },
+    use_cohere = cohere == "yes" or (cohere == "auto" and cohere_available())
+    methods = {
+        "nn": lambda m, v: rec.reconstruct(m, valid=v),
+        "nn_refine": lambda m, v: rec.reconstruct(m, refine=REFINE_ITERATIONS, valid=v),
+        "er_hio": _ours,
     }
-    r = metrics["refine"]
-    r["speedup_batched"] = t_base / t_refine
-    r["speedup_single"] = (
-        r["single_pattern_ms"]["er_hio_620"] / r["single_pattern_ms"]["nn_plus_refine"]
-    )
-    log.info("refine: %s", json.dumps(r))
-    metrics["device"] = rec.device
-    metrics["precision"] = rec.precision
-
+    if use_cohere:
+        methods["cohere"] = _cohere
+    metrics: dict = {
+        "test_examples": len(test),
+        "test_seed": test.meta["seed"],
+        "device": rec.device,
+        "precision": rec.precision,
+        "conditions": {},
+    }
+    results = {}
+    for name in test.magnitudes:
+        m, v = test.magnitudes[name], test.valid[name]
+        metrics["conditions"][name] = {}
+        for method, fn in methods.items():
+            if method != "nn" and name not in BASELINE_CONDITIONS:
+                continue
+            result, seconds = _timed(fn, m, v)
+            score = _score(result, test, seconds)
+            metrics["conditions"][name][method] = score
+            results[(name, method)] = result
+            log.info("%s / %s: IoU %.3f, phase %.3f rad, chi2 %.4f, %.2f ms/pattern", name,
+                     method, score["iou"], score["phase_rmse"], score["chi2"],
+                     score["ms_per_pattern"])
+    metrics["gate"] = _gate(metrics, rec, test)
+    clean = test.magnitudes["noise_free"][:20], test.valid["noise_free"][:20]
+    metrics["single_pattern_ms"] = {
+        "nn": _single_ms(methods["nn"], *clean),
+        "nn_refine": _single_ms(methods["nn_refine"], *clean),
+        "er_hio": _single_ms(_ours, *clean),
+    }
+    if use_cohere:
+        metrics["single_pattern_ms"]["cohere"] = metrics["conditions"]["noise_free"]["cohere"][
+            "ms_per_pattern"
+        ]
+    plot_examples(test, results, out / "examples.png")
+    plot_gate(metrics["gate"], metrics["conditions"], out / "gate.png")
+    for per_method in metrics["conditions"].values():
+        for score in per_method.values():
+            score.pop("_iou"), score.pop("_chi2")
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    plot_examples(test, nn_clean, base_result, out / "examples.png")
-    plot_chi2(test, nn_clean, out / "chi2.png")
     return metrics
 
 
-def _show(ax, image, title, cmap="gray", vmin=None, vmax=None):
-    ax.imshow(image, cmap=cmap, vmin=vmin, vmax=vmax)
-    ax.set_title(title, fontsize=7)
-    ax.set_xticks([])
-    ax.set_yticks([])
+def _gate(metrics: dict, rec: Reconstructor, test: holdout.HoldoutSet) -> dict:
+    """How well chi2 ranks bad network reconstructions, pooled over every condition, and what
+    the default threshold catches; what refining the flagged frames does to them."""
+    iou = np.concatenate([c["nn"]["_iou"] for c in metrics["conditions"].values()])
+    chi2 = np.concatenate([c["nn"]["_chi2"] for c in metrics["conditions"].values()])
+    bad = iou < 0.7
+    flagged = chi2 > REFINE_ABOVE
+    gate = {
+        "spearman_chi2_vs_1_minus_iou": float(spearmanr(chi2, 1 - iou).statistic),
+        "bad_share": float(bad.mean()),
+        "threshold_catching_90": threshold_catching(chi2, iou),
+        "default_threshold": REFINE_ABOVE,
+        "default_catches": float(flagged[bad].mean()) if bad.any() else 1.0,
+        "default_flags_share": float(flagged.mean()),
+        "good_flagged_share": float(flagged[~bad].mean()) if (~bad).any() else 0.0,
+        "chi2_iou_sample": {  # for the figure
+            "chi2": chi2[:: max(len(chi2) // 4000, 1)].tolist(),
+            "iou": iou[:: max(len(iou) // 4000, 1)].tolist(),
+        },
+    }
+    # refined where flagged, on the conditions every method ran on
+    before, after = [], []
+    for name in BASELINE_CONDITIONS:
+        if name not in metrics["conditions"]:
+            continue
+        nn, refined = metrics["conditions"][name]["nn"], metrics["conditions"][name]["nn_refine"]
+        sel = nn["_chi2"] > REFINE_ABOVE
+        before.append(nn["_iou"][sel])
+        after.append(refined["_iou"][sel])
+    before, after = np.concatenate(before), np.concatenate(after)
+    gate["flagged_iou_before_refine"] = float(np.median(before)) if len(before) else None
+    gate["flagged_iou_after_refine"] = float(np.median(after)) if len(after) else None
+    return gate
 
 
-def plot_examples(test: Dataset, nn: Reconstruction, base: Reconstruction, path: Path, k: int = 6):
-    """Fig. 3 of the paper: input, true and predicted structure and phase, ER/HIO result."""
-    truth = test.objects()[:k]
-    nn_aligned, _ = align(nn.complex_object()[:k], truth)
-    base_aligned, _ = align(base.complex_object()[:k], truth)
-    rows = [
-        "input |F| (log)",
-        "true amplitude",
-        "sCDI amplitude",
-        "true phase",
-        "pCDI phase",
-        "ER/HIO amplitude",
-        "ER/HIO phase",
-    ]
-    fig, axes = plt.subplots(len(rows), k, figsize=(1.6 * k, 1.6 * len(rows)))
-    for j in range(k):
-        support = np.abs(truth[j]) > 0.1
-        cols = [
-            (np.log10(test.magnitudes[j] + 1e-3 * test.magnitudes[j].max()), "viridis", None, None),
-            (np.abs(truth[j]), "gray", 0, 1),
-            (np.abs(nn_aligned[j]), "gray", 0, 1),
-            (np.where(support, np.angle(truth[j]), 0), "twilight_shifted", -np.pi, np.pi),
-            (
-                np.where(np.abs(nn_aligned[j]) > 0.1, np.angle(nn_aligned[j]), 0),
-                "twilight_shifted",
-                -np.pi,
-                np.pi,
-            ),
-            (np.abs(base_aligned[j]) / np.abs(base_aligned[j]).max(), "gray", 0, 1),
-            (
-                np.where(
-                    np.abs(base_aligned[j]) > 0.1 * np.abs(base_aligned[j]).max(),
-                    np.angle(base_aligned[j]),
-                    0,
-                ),
-                "twilight_shifted",
-                -np.pi,
-                np.pi,
-            ),
-        ]
-        for i, (img, cmap, lo, hi) in enumerate(cols):
-            _show(axes[i, j], img, rows[i] if j == 0 else "", cmap, lo, hi)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+def evaluate_and_card(
+    model_path: Path,
+    test_path: Path,
+    out: Path,
+    train_path: Path | None,
+    cohere: str = "auto",
+    command: str | None = None,
+    started: float | None = None,
+) -> dict:
+    """Build the test sets if missing, evaluate, write metrics, figures and the card."""
+    test_path = Path(test_path)
+    if not test_path.exists():
+        from .__main__ import DEFAULTS
 
-
-def plot_chi2(test: Dataset, nn: Reconstruction, path: Path, k: int = 5):
-    """Figs. 4-5 of the paper: chi2 histogram, the best and the worst predictions."""
-    order = np.argsort(nn.chi2)
-    picks = {"best": order[:k], "worst": order[-k:][::-1]}
-    fig = plt.figure(figsize=(2.0 * k + 3, 9))
-    grid = fig.add_gridspec(6, k + 1)
-    ax = fig.add_subplot(grid[:, 0])
-    ax.hist(nn.chi2, bins=50, color="steelblue")
-    ax.set_xlabel("chi2")
-    ax.set_ylabel("test patterns")
-    ax.set_title(f"median chi2 {np.median(nn.chi2):.3f}", fontsize=8)
-    truth = test.objects()
-    for row0, (label, idx) in zip((0, 3), picks.items(), strict=True):
-        aligned, _ = align(nn.complex_object()[idx], truth[idx])
-        pred_i = predicted_intensity(nn.amplitude[idx], nn.phase[idx])
-        for j, i in enumerate(idx):
-            _show(
-                fig.add_subplot(grid[row0, j + 1]),
-                np.log10(test.magnitudes[i] ** 2 + 1e-6),
-                f"{label}: chi2 {nn.chi2[i]:.3f}",
-                "viridis",
-            )
-            _show(
-                fig.add_subplot(grid[row0 + 1, j + 1]),
-                np.log10(pred_i[j] + 1e-6),
-                "predicted I",
-                "viridis",
-            )
-            both = np.concatenate([np.abs(truth[i]), np.abs(aligned[j])], axis=1)
-            _show(fig.add_subplot(grid[row0 + 2, j + 1]), both, "true | predicted", "gray", 0, 1)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+        log.info("building the independent test sets at %s", test_path)
+        holdout.save(holdout.build(DEFAULTS["test_count"], DEFAULTS["test_seed"]), test_path)
+    test = holdout.load(test_path)
+    out.mkdir(parents=True, exist_ok=True)
+    metrics = evaluate(model_path, test, out, cohere)
+    total = None if started is None else time.monotonic() - started
+    write_card(out, model_path, command, train_path, test_path, metrics, total)
+    return metrics

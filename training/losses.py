@@ -1,43 +1,90 @@
-"""Training loss that respects the trivial ambiguities of the inverse problem: the targets are
-centred (translation fixed), the phase term ignores a global offset, and each pattern is scored
-against whichever of the object and its twin image the network chose."""
+"""Training loss that respects the ambiguities of the inverse problem, written in ``keras.ops``
+so that it runs on any Keras backend (TensorFlow on the CPU, JAX on a GPU):
+
+- targets are centred (translation fixed) and each pattern is scored against whichever of the
+  object and its twin image the network chose;
+- the phase term ignores a global offset and a linear ramp (the ROI's centre sets the ramp);
+- a reciprocal-space term compares |FT(prediction)| with the measured magnitudes on the valid
+  pixels (AutoPhaseNN, PtychoPINN): invariant to twin and translation by construction, it ties
+  the prediction to the data, ramp included.
+"""
 
 from __future__ import annotations
 
-import tensorflow as tf
+from keras import ops
 
-__all__ = ["cdi_loss", "twin_targets"]
+__all__ = ["cdi_loss", "reciprocal_misfit", "twin_targets"]
 
-OFFSET_PULL = 0.01
+EPS = 1e-6
 
 
-def twin_targets(amplitude: tf.Tensor, phase: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+def twin_targets(amplitude, phase):
     """Twin of centred (batch, N, N) targets: inversion about N//2, phase negated."""
-    flip = tf.roll(tf.reverse(amplitude, axis=[1, 2]), shift=[1, 1], axis=[1, 2])
-    flip_phase = tf.roll(tf.reverse(phase, axis=[1, 2]), shift=[1, 1], axis=[1, 2])
+    flip = ops.roll(ops.flip(amplitude, axis=(1, 2)), shift=(1, 1), axis=(1, 2))
+    flip_phase = ops.roll(ops.flip(phase, axis=(1, 2)), shift=(1, 1), axis=(1, 2))
     return flip, -flip_phase
 
 
-def _branch_loss(amp_true, phase_true, amp_pred, phase_pred, phase_weight: float):
-    eps = 1e-6
-    p = tf.clip_by_value(amp_pred, eps, 1 - eps)
-    bce = -tf.reduce_mean(amp_true * tf.math.log(p) + (1 - amp_true) * tf.math.log(1 - p), [1, 2])
-    w = amp_true * tf.cast(amp_true > 0.1, amp_true.dtype)  # phase is defined on the support
-    wsum = tf.reduce_sum(w, [1, 2]) + eps
-    d = phase_pred - phase_true
-    offset = tf.reduce_sum(w * d, [1, 2]) / wsum
-    phase_mse = tf.reduce_sum(w * tf.square(d - offset[:, None, None]), [1, 2]) / wsum
-    # a global offset is not measurable, but a weak pull keeps the output near the targets
-    total = bce + phase_weight * (phase_mse + OFFSET_PULL * tf.square(offset))
-    return total, bce, phase_mse
+def _plane_free_mse(d, w):
+    """Weighted mean square of d (batch, N, N) after removing its weighted best-fit plane."""
+    n = d.shape[1]
+    grid = ops.cast(ops.arange(n), "float32")
+    rows, cols = grid[None, :, None], grid[None, None, :]
+    sw = ops.sum(w, axis=(1, 2)) + EPS
+    mean = lambda v: ops.sum(w * v, axis=(1, 2)) / sw  # noqa: E731
+    r = rows - mean(rows)[:, None, None]
+    c = cols - mean(cols)[:, None, None]
+    dm = d - mean(d)[:, None, None]
+    srr, scc, src = mean(r * r), mean(c * c), mean(r * c)
+    srd, scd = mean(r * dm), mean(c * dm)
+    det = srr * scc - src * src + EPS
+    b = (scc * srd - src * scd) / det
+    g = (srr * scd - src * srd) / det
+    residual = dm - b[:, None, None] * r - g[:, None, None] * c
+    return mean(residual * residual)
 
 
-def cdi_loss(amp_true, phase_true, amp_pred, phase_pred, phase_weight: float = 1.0):
-    """Per-batch mean of min(loss vs target, loss vs twin target); also returns the
-    amplitude BCE and the phase MSE of the chosen branch for logging."""
-    direct = _branch_loss(amp_true, phase_true, amp_pred, phase_pred, phase_weight)
+def _branch(amp_true, phase_true, amp_pred, phase_pred, phase_weight: float):
+    p = ops.clip(amp_pred, EPS, 1 - EPS)
+    bce = -ops.mean(amp_true * ops.log(p) + (1 - amp_true) * ops.log(1 - p), axis=(1, 2))
+    w = amp_true * ops.cast(amp_true > 0.1, "float32")  # phase is defined on the support
+    phase = _plane_free_mse(phase_pred - phase_true, w)
+    return bce + phase_weight * phase, bce, phase
+
+
+def reciprocal_misfit(amp_pred, phase_pred, magnitudes, valid):
+    """Per pattern: || m - s |FT(a exp(i phi))| ||^2 / ||m||^2 over the valid pixels, with the
+    least-squares scale s (the measured scale is arbitrary); zero frequency at N//2."""
+    n = amp_pred.shape[1]
+    real, imag = ops.fft2((amp_pred * ops.cos(phase_pred), amp_pred * ops.sin(phase_pred)))
+    model = ops.roll(ops.sqrt(real * real + imag * imag + EPS), (n // 2, n // 2), axis=(1, 2))
+    m = magnitudes * valid
+    model = model * valid
+    scale = ops.sum(m * model, axis=(1, 2)) / (ops.sum(model * model, axis=(1, 2)) + EPS)
+    residual = m - scale[:, None, None] * model
+    return ops.sum(residual * residual, axis=(1, 2)) / (ops.sum(m * m, axis=(1, 2)) + EPS)
+
+
+def cdi_loss(
+    amp_true,
+    phase_true,
+    amp_pred,
+    phase_pred,
+    magnitudes=None,
+    valid=None,
+    phase_weight: float = 1.0,
+    reciprocal_weight: float = 0.0,
+):
+    """Per-batch mean of min(loss vs target, loss vs twin) plus the reciprocal-space misfit.
+    Returns (total, amplitude BCE, phase MSE, reciprocal misfit), each a scalar."""
+    direct = _branch(amp_true, phase_true, amp_pred, phase_pred, phase_weight)
     amp_twin, phase_twin = twin_targets(amp_true, phase_true)
-    flipped = _branch_loss(amp_twin, phase_twin, amp_pred, phase_pred, phase_weight)
+    flipped = _branch(amp_twin, phase_twin, amp_pred, phase_pred, phase_weight)
     use_twin = flipped[0] < direct[0]
-    pick = [tf.where(use_twin, f, d) for d, f in zip(direct, flipped, strict=True)]
-    return tuple(tf.reduce_mean(v) for v in pick)
+    total, bce, phase = (ops.where(use_twin, f, d) for d, f in zip(direct, flipped, strict=True))
+    if reciprocal_weight and magnitudes is not None:
+        recip = reciprocal_misfit(amp_pred, phase_pred, magnitudes, valid)
+        total = total + reciprocal_weight * recip
+    else:
+        recip = ops.zeros_like(total)
+    return ops.mean(total), ops.mean(bce), ops.mean(phase), ops.mean(recip)

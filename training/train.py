@@ -1,7 +1,10 @@
-"""Train the shared-encoder sCDI/pCDI network on a generated dataset.
+"""Train the sCDI/pCDI network on a generated crystal set.
 
-Adam with cosine decay, the ambiguity-aware loss of :mod:`training.losses`, photon-noise
-augmentation on half of every batch, validation each epoch, the best epoch kept.
+Backend-neutral Keras 3 (``keras.ops`` loss, ``Model.fit``): the same recipe trains on the CPU
+with TensorFlow (the shipped models) and on a GPU with JAX (exploration). Mixed bfloat16
+precision where the CPU computes it natively (1.8x), AdamW with a warm-up and cosine decay, the
+ambiguity-aware loss of :mod:`training.losses`, detector conditions drawn afresh for every
+batch, validation each epoch, the best epoch kept and saved in float32.
 """
 
 from __future__ import annotations
@@ -14,16 +17,15 @@ from pathlib import Path
 
 import keras
 import numpy as np
-import tensorflow as tf
-from tqdm import tqdm
+from keras import ops
 
 from cdistream.inference.model import build_cdi_nn
-from cdistream.physics import poisson_magnitudes
+from cdistream.physics import MeasurementRecipe
 
-from .dataset import Dataset
+from .dataset import Batches, CrystalSet
 from .losses import cdi_loss
 
-__all__ = ["TrainConfig", "augment", "train"]
+__all__ = ["TrainConfig", "train"]
 
 log = logging.getLogger(__name__)
 
@@ -32,109 +34,113 @@ log = logging.getLogger(__name__)
 class TrainConfig:
     """Everything that decides a training run; recorded next to the model."""
 
-    epochs: int = 20
+    epochs: int = 30
     batch_size: int = 128
-    learning_rate: float = 1e-3
+    learning_rate: float = 2e-3
+    weight_decay: float = 1e-4
+    warmup_epochs: float = 1.0
     widths: tuple[int, ...] = (16, 32, 64)
     phase_weight: float = 1.0
-    noisy_fraction: float = 0.5  # share of each batch given Poisson noise
-    photons: tuple[float, float] = (1e3, 1e6)  # log-uniform range of counts in the brightest pixel
+    reciprocal_weight: float = 1.0
+    precision: str = "mixed_bfloat16"  # "float32" where the CPU has no bfloat16 arithmetic
     validation: int = 5000
     seed: int = 0
+    workers: int = 1
+    measurement: MeasurementRecipe = field(default_factory=MeasurementRecipe)
     history: list[dict] = field(default_factory=list)
 
 
-def augment(magnitudes: np.ndarray, config: TrainConfig, rng: np.random.Generator) -> np.ndarray:
-    """Poisson noise on a random ``noisy_fraction`` of the batch at log-uniform photon counts,
-    and a random overall scale on every pattern (the network must not care)."""
-    out = magnitudes.copy()
-    noisy = rng.random(len(out)) < config.noisy_fraction
-    if noisy.any():
-        lo, hi = np.log10(config.photons[0]), np.log10(config.photons[1])
-        photons = 10 ** rng.uniform(lo, hi, noisy.sum())
-        out[noisy] = poisson_magnitudes(out[noisy], photons[:, None, None], rng)
-    return out * (10 ** rng.uniform(-2, 4, (len(out), 1, 1))).astype(np.float32)
+class _Trainer(keras.Model):
+    """Wraps the network for ``fit`` with the CDI loss; only the network is saved."""
+
+    def __init__(self, net: keras.Model, config: TrainConfig):
+        super().__init__(name="cdi_trainer")
+        self.net, self.config = net, config
+
+    def call(self, inputs, training=False):
+        return self.net(inputs, training=training)
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        total, *_ = cdi_loss(
+            y[..., 0],
+            y[..., 1],
+            ops.cast(y_pred["scdi"], "float32"),
+            ops.cast(y_pred["pcdi"], "float32"),
+            y[..., 2],
+            y[..., 3],
+            self.config.phase_weight,
+            self.config.reciprocal_weight,
+        )
+        return total
 
 
-def _make_steps(model: keras.Model, optimizer: keras.optimizers.Optimizer, phase_weight: float):
-    @tf.function
-    def train_step(x, amp, phase):
-        with tf.GradientTape() as tape:
-            out = model(x, training=True)
-            losses = cdi_loss(amp, phase, out["scdi"], out["pcdi"], phase_weight)
-        grads = tape.gradient(losses[0], model.trainable_variables)
-        optimizer.apply_gradients(zip(grads, model.trainable_variables, strict=True))
-        return losses
+class _KeepBest(keras.callbacks.Callback):
+    """Log each epoch and remember the network's weights at the lowest validation loss."""
 
-    @tf.function
-    def eval_step(x, amp, phase):
-        out = model(x, training=False)
-        return cdi_loss(amp, phase, out["scdi"], out["pcdi"], phase_weight)
+    def __init__(self, net: keras.Model, config: TrainConfig):
+        super().__init__()
+        self.net, self.config = net, config
+        self.best, self.weights = np.inf, None
+        self.started = time.monotonic()
 
-    return train_step, eval_step
-
-
-def _evaluate(eval_step, data: Dataset, batch: int) -> np.ndarray:
-    totals = np.zeros(3)
-    for start in range(0, len(data), batch):
-        sl = slice(start, start + batch)
-        vals = eval_step(data.magnitudes[sl], data.amplitude[sl], data.phase[sl])
-        totals += np.array([float(v) for v in vals]) * len(data.magnitudes[sl])
-    return totals / len(data)
-
-
-def train(data: Dataset, out: Path, config: TrainConfig) -> keras.Model:
-    """Train on ``data`` (its last ``config.validation`` examples validate), save the best
-    epoch to ``out`` (a .keras file) and the config with its history beside it (.json)."""
-    keras.utils.set_random_seed(config.seed)
-    rng = np.random.default_rng(config.seed)
-    train_set, val_set = data.split(config.validation)
-    n = data.magnitudes.shape[-1]
-    model = build_cdi_nn(n, tuple(config.widths))
-    steps_per_epoch = len(train_set) // config.batch_size
-    schedule = keras.optimizers.schedules.CosineDecay(
-        config.learning_rate, decay_steps=config.epochs * steps_per_epoch, alpha=0.01
-    )
-    optimizer = keras.optimizers.Adam(schedule)
-    train_step, eval_step = _make_steps(model, optimizer, config.phase_weight)
-
-    best, best_weights = np.inf, None
-    started = time.monotonic()
-    for epoch in range(config.epochs):
-        order = rng.permutation(len(train_set))
-        sums = np.zeros(3)
-        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{config.epochs}", unit="batch")
-        for step in bar:
-            idx = np.sort(order[step * config.batch_size : (step + 1) * config.batch_size])
-            x = augment(train_set.magnitudes[idx], config, rng)
-            vals = train_step(x, train_set.amplitude[idx], train_set.phase[idx])
-            sums += [float(v) for v in vals]
-            if step % 50 == 0:
-                bar.set_postfix(loss=f"{sums[0] / (step + 1):.4f}")
-        val = _evaluate(eval_step, val_set, 512)
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
         record = {
             "epoch": epoch + 1,
-            "loss": sums[0] / steps_per_epoch,
-            "amplitude_bce": sums[1] / steps_per_epoch,
-            "phase_mse": sums[2] / steps_per_epoch,
-            "val_loss": val[0],
-            "val_amplitude_bce": val[1],
-            "val_phase_mse": val[2],
-            "elapsed_s": time.monotonic() - started,
+            "loss": float(logs.get("loss", np.nan)),
+            "val_loss": float(logs.get("val_loss", np.nan)),
+            "elapsed_s": time.monotonic() - self.started,
         }
-        config.history.append(record)
+        self.config.history.append(record)
         log.info("epoch %d: %s", epoch + 1, json.dumps(record))
-        if val[0] < best:
-            best, best_weights = val[0], model.get_weights()
-    model.set_weights(best_weights)
+        if record["val_loss"] < self.best:
+            self.best, self.weights = record["val_loss"], self.net.get_weights()
+
+
+def train(data: CrystalSet, out: Path, config: TrainConfig) -> keras.Model:
+    """Train on ``data`` (its last ``config.validation`` crystals validate), save the best
+    epoch to ``out`` (a .keras file) and the config with its history beside it (.json)."""
+    keras.utils.set_random_seed(config.seed)
+    train_set, val_set = data.split(config.validation)
+    n = data.objects.shape[-1]
+    keras.mixed_precision.set_global_policy(config.precision)
+    try:
+        net = build_cdi_nn(n, tuple(config.widths))
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    loader = {"workers": config.workers, "use_multiprocessing": False}
+    batches = Batches(train_set, config.batch_size, config.measurement, config.seed, **loader)
+    validation = Batches(val_set, 500, config.measurement, config.seed + 1, fixed=True)
+    steps = len(batches) * config.epochs
+    warmup = int(len(batches) * config.warmup_epochs)
+    schedule = keras.optimizers.schedules.CosineDecay(
+        config.learning_rate / 10,
+        decay_steps=max(steps - warmup, 1),
+        alpha=0.01,
+        warmup_target=config.learning_rate,
+        warmup_steps=warmup,
+    )
+    trainer = _Trainer(net, config)
+    trainer.compile(
+        optimizer=keras.optimizers.AdamW(schedule, weight_decay=config.weight_decay, clipnorm=1.0),
+        jit_compile=False,  # XLA's CPU convolutions are slower than oneDNN's here
+    )
+    keep = _KeepBest(net, config)
+    started = time.monotonic()
+    trainer.fit(
+        batches, epochs=config.epochs, validation_data=validation, callbacks=[keep], verbose=2
+    )
+    shipped = build_cdi_nn(n, tuple(config.widths))  # float32 throughout: the file users load
+    shipped.set_weights(keep.weights)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    model.save(out)
+    shipped.save(out)
     summary = asdict(config) | {
-        "best_val_loss": best,
+        "best_val_loss": keep.best,
         "train_examples": len(train_set),
         "validation_examples": len(val_set),
         "train_seconds": time.monotonic() - started,
+        "backend": keras.backend.backend(),
     }
     out.with_suffix(".json").write_text(json.dumps(summary, indent=2))
-    return model
+    return shipped

@@ -42,13 +42,15 @@ def _detector(
     shape: tuple[int, int],
     format: str = "native",
     compression: str = "none",
+    scenario: str = "static",
 ):
     """A sim_detector process bound on a free port; yields its address."""
     address = f"{LOOPBACK}:{_free_port()}"
     cmd = [
         sys.executable,
         "-m",
-        "sim_detector",
+        "cdistream",
+        "simulate",
         "--bind",
         address,
         "--socket",
@@ -58,7 +60,7 @@ def _detector(
         "--cycle",
         "16",
         "--scenario",
-        "static",
+        scenario,
         "--shape",
         f"{shape[0]}x{shape[1]}",
         "--wait",
@@ -88,6 +90,7 @@ class _Consumer(threading.Thread):
         self.sock.setsockopt(zmq.SUBSCRIBE, b"")
         self.sock.connect(address)
         self.latency: list[float] = []
+        self.refined = self.untrusted_unrefined = 0
         self.first = self.last = None
         self.stop_doc: dict | None = None
         self.done = threading.Event()
@@ -102,6 +105,10 @@ class _Consumer(threading.Thread):
                 doc = unpackb(payload)
                 if "frame" in doc["timestamps"] and "chi2" in doc["data"]:
                     self.latency.append(now - doc["timestamps"]["frame"])
+                    self.refined += bool(doc["data"].get("refined"))
+                    self.untrusted_unrefined += not (
+                        doc["data"].get("refined") or doc["data"].get("trusted", True)
+                    )
                     self.first = self.first or now
                     self.last = now
             elif name == b"stop":
@@ -117,12 +124,15 @@ def end_to_end(
     shape: tuple[int, int] = (512, 512),
     max_batch: int = 256,
     max_wait_ms: float = 5.0,
+    refine_above: float | None = None,
+    scenario: str = "static",
 ) -> dict:
     """One series through detector -> service -> consumer. Without ``rate`` the detector
     pushes as fast as the pipeline takes (PUSH/PULL back-pressure, nothing lost); with a rate
-    it publishes on PUB/SUB like a live detector and the service drops under overload."""
+    it publishes on PUB/SUB like a live detector and the service drops under overload.
+    ``refine_above``: the trust gate's threshold, as ``serve --refine-above``."""
     socket = "pub" if rate else "push"
-    with _detector(frames, rate, socket, shape) as address:
+    with _detector(frames, rate, socket, shape, scenario=scenario) as address:
         config = ServiceConfig(
             input=address,
             socket={"pub": "sub", "push": "pull"}[socket],
@@ -130,6 +140,7 @@ def end_to_end(
             max_batch=max_batch,
             max_wait_ms=max_wait_ms,
             status_interval=3600,
+            refine_above=refine_above,
         )
         service = Service(config, rec)
         consumer = _Consumer(service.feedback.address)
@@ -147,6 +158,8 @@ def end_to_end(
         "reconstructed": counts["reconstructed"],
         "dropped": counts["dropped"],
         "received": counts["received"],
+        "refined": consumer.refined,
+        "above_threshold_unrefined": consumer.untrusted_unrefined,
         "frames_per_s": (len(lat) - 1) / span if len(lat) > 1 and span > 0 else float("nan"),
         "latency_ms": {
             "p50": float(np.percentile(lat, 50)) if len(lat) else float("nan"),

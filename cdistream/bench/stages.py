@@ -9,6 +9,7 @@ from collections.abc import Callable
 import numpy as np
 
 from cdistream.inference import Reconstructor
+from cdistream.inference.registration import SeriesRegistration
 from cdistream.inference.result import finish
 from cdistream.roi import BadPixels, RoiConfig, extract
 from cdistream.service.documents import RunComposer
@@ -28,7 +29,7 @@ def _us_per_call(fn: Callable[[int], object], calls: int) -> float:
 
 def stage_costs(rec: Reconstructor, calls: int = 400) -> dict[str, float]:
     """Microseconds per frame of each stage on one core (the model: on all of them)."""
-    from sim_detector import DetectorModel, Scenario, scenario_frames
+    from cdistream.simulator import DetectorModel, Scenario, scenario_frames
 
     detector = DetectorModel()  # 512 x 512 uint16
     images = list(scenario_frames(Scenario("static", 0, 16, detector.shape), detector, 16))
@@ -51,13 +52,19 @@ def stage_costs(rec: Reconstructor, calls: int = 400) -> dict[str, float]:
     costs["roi_512x512"] = _us_per_call(lambda i: extract(images[i % 16], roi, bad), calls)
     crops = [extract(im, roi, bad) for im in images]
     batch = np.stack([crops[i % 16].magnitudes for i in range(256)])
-    amplitude, phase = rec.predict(batch)
-    costs["model_per_pattern_batch_256"] = _us_per_call(lambda i: rec.predict(batch), 5) / 256
-    costs["finish"] = _us_per_call(lambda i: finish(batch, amplitude, phase), 10) / 256
-    result = finish(batch, amplitude, phase)
+    valid = np.stack([crops[i % 16].valid for i in range(256)])
+    amplitude, phase = rec.predict(batch, valid)
+    costs["model_per_pattern_batch_256"] = (
+        _us_per_call(lambda i: rec.predict(batch, valid), 5) / 256
+    )
+    costs["finish"] = _us_per_call(lambda i: finish(batch, amplitude, phase, valid), 10) / 256
+    result = finish(batch, amplitude, phase, valid)
+    registration = SeriesRegistration()
+    costs["registration"] = _us_per_call(lambda i: registration.register(result), 10) / 256
     composer = RunComposer(lambda name, doc: packb(doc), rec.n, {"plan_name": "bench"})
     frames = [(i, 0.0, crops[i % 16]) for i in range(256)]
+    flags = np.zeros(256, bool)
     costs["documents_and_msgpack"] = (
-        _us_per_call(lambda i: composer.reconstructions(frames, result), 10) / 256
+        _us_per_call(lambda i: composer.reconstructions(frames, result, flags, flags), 10) / 256
     )
     return costs

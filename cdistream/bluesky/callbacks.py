@@ -32,31 +32,46 @@ FIELDS = (
 
 
 class ReconstructionCallback(CallbackBase):
-    """Finds the reconstruction fields in each descriptor and filters events on chi2."""
+    """Finds the reconstruction fields in each descriptor (or, joining a run in progress, in
+    the first event of a stream) and filters events on chi2; malformed events are counted in
+    ``ignored``, never raised."""
 
     def __init__(self, max_chi2: float = 0.1):
         super().__init__()
         self.max_chi2 = max_chi2
         self.accepted = 0
         self.skipped = 0
+        self.ignored = 0  # malformed or foreign events
         self._keys: dict[str, dict[str, str]] = {}
 
-    def descriptor(self, doc):
-        keys = {}
-        for name in doc["data_keys"]:
+    @staticmethod
+    def _fields(names) -> dict[str, str]:
+        keys: dict[str, str] = {}
+        for name in names:
             for field in FIELDS:
                 if name == field or name.endswith("_" + field):
                     keys.setdefault(field, name)
-        if "chi2" in keys:
-            self._keys[doc["uid"]] = keys
+        return keys if "chi2" in keys and "amplitude" in keys else {}
+
+    def descriptor(self, doc):
+        self._keys[doc["uid"]] = self._fields(doc["data_keys"])
         return doc
 
     def event(self, doc):
-        keys = self._keys.get(doc["descriptor"])
-        if keys is None:
+        try:
+            descriptor, values = doc["descriptor"], doc["data"]
+            if descriptor not in self._keys:  # joined mid-run: learn the fields from the event
+                self._keys[descriptor] = self._fields(values)
+            keys = self._keys[descriptor]
+            if not keys:
+                return doc
+            data = {field: values[name] for field, name in keys.items() if name in values}
+            chi2 = float(data["chi2"])
+        except Exception as exc:  # a malformed or foreign event: count it, never raise
+            self.ignored += 1
+            log.warning("%s ignored an event: %r", type(self).__name__, exc)
             return doc
-        data = {field: doc["data"][name] for field, name in keys.items() if name in doc["data"]}
-        if not data["chi2"] <= self.max_chi2:  # NaN is not good either
+        if not chi2 <= self.max_chi2:  # NaN is not good either
             self.skipped += 1
             return doc
         self.accepted += 1

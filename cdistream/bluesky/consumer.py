@@ -9,7 +9,7 @@ import logging
 import threading
 from collections.abc import Callable
 
-from bluesky.callbacks.zmq import RemoteDispatcher
+from bluesky.callbacks.zmq import ClientCurve, RemoteDispatcher
 
 from cdistream.wire import unpackb
 
@@ -20,11 +20,19 @@ log = logging.getLogger(__name__)
 
 class RemoteConsumer:
     """Subscribes ``callbacks`` to the documents published at ``address`` (host:port or a
-    tcp:// address); :meth:`wait_for_stops` blocks until that many runs have ended."""
+    tcp:// address); :meth:`wait_for_stops` blocks until that many runs have ended.
+    ``curve_config`` (Bluesky's ``ClientCurve``) for a feedback channel behind CURVE."""
 
-    def __init__(self, address: str, callbacks: list[Callable[[str, dict], None]] = ()):
+    def __init__(
+        self,
+        address: str,
+        callbacks: list[Callable[[str, dict], None]] = (),
+        curve_config: ClientCurve | None = None,
+    ):
         self.address = address.removeprefix("tcp://")
         self._callbacks = list(callbacks)
+        self._curve = curve_config
+        self._loop: asyncio.AbstractEventLoop | None = None
         self.stops = 0
         self._stop_seen = threading.Condition()
         self._ready = threading.Event()
@@ -38,8 +46,9 @@ class RemoteConsumer:
                 self._stop_seen.notify_all()
 
     def _run(self) -> None:
+        self._loop = asyncio.new_event_loop()
         self._dispatcher = RemoteDispatcher(
-            self.address, deserializer=unpackb, loop=asyncio.new_event_loop()
+            self.address, deserializer=unpackb, loop=self._loop, curve_config=self._curve
         )
         for cb in self._callbacks:
             self._dispatcher.subscribe(cb)
@@ -59,9 +68,16 @@ class RemoteConsumer:
             return self._stop_seen.wait_for(lambda: self.stops >= count, timeout)
 
     def stop(self) -> None:
-        d = self._dispatcher
-        if d is not None and not d.closed and d._task is not None:
-            d.loop.call_soon_threadsafe(d._task.cancel)
+        """Cancel the dispatcher's polling (public asyncio only), let it close, join."""
+        loop = self._loop
+        if loop is not None and self._thread.is_alive():
+
+            def cancel_all() -> None:
+                for task in asyncio.all_tasks(loop):
+                    task.cancel()
+
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+                loop.call_soon_threadsafe(cancel_all)
         self._thread.join(timeout=5)
 
     def __enter__(self) -> RemoteConsumer:

@@ -41,6 +41,10 @@ class ReconstructionMonitor(Device):
     triggered, so list the detector before this device), or, without one, the next
     reconstruction published after the trigger. It fails with :class:`ReconstructionTimeout`
     after ``timeout`` seconds and with :class:`FrameRejected` when the service rejects the frame.
+
+    It may be created in the middle of a run (it tells cdistream's events by their keys when
+    it missed their descriptor); results are kept by run and frame, for the newest run; foreign
+    or malformed documents on the channel are counted in :attr:`ignored` and skipped.
     """
 
     frame = Cpt(Signal, value=-1, kind=Kind.hinted)
@@ -50,11 +54,27 @@ class ReconstructionMonitor(Device):
     phase_std = Cpt(Signal, value=0.0, kind=Kind.hinted)
     peak_row = Cpt(Signal, value=0, kind=Kind.normal)
     peak_col = Cpt(Signal, value=0, kind=Kind.normal)
+    peak_offset_row = Cpt(Signal, value=0.0, kind=Kind.normal)
+    peak_offset_col = Cpt(Signal, value=0.0, kind=Kind.normal)
+    trusted = Cpt(Signal, value=False, kind=Kind.normal)
+    refined = Cpt(Signal, value=False, kind=Kind.normal)
     amplitude = Cpt(Signal, value=np.zeros((32, 32), np.float32), kind=Kind.normal)
     phase = Cpt(Signal, value=np.zeros((32, 32), np.float32), kind=Kind.normal)
     timeout = Cpt(Signal, value=10.0, kind=Kind.config)
 
-    _SCALARS = ("frame", "chi2", "support_area", "phase_mean", "phase_std", "peak_row", "peak_col")
+    _SCALARS = (
+        "frame",
+        "chi2",
+        "support_area",
+        "phase_mean",
+        "phase_std",
+        "peak_row",
+        "peak_col",
+        "peak_offset_row",
+        "peak_offset_col",
+        "trusted",
+        "refined",
+    )
 
     def __init__(
         self,
@@ -69,9 +89,11 @@ class ReconstructionMonitor(Device):
         self.address = address if "://" in address else f"tcp://{address}"
         self.frame_signal = frame_signal
         self.timeout.put(timeout)
-        self._results: OrderedDict[int, dict] = OrderedDict()
-        self._rejected: dict[int, str] = {}
+        self._results: OrderedDict[tuple[str, int], dict] = OrderedDict()
+        self._rejected: dict[tuple[str, int], str] = {}
+        self._run: str | None = None  # the run whose frames triggers look for: the newest seen
         self._newest = -1
+        self.ignored = 0  # foreign or malformed documents seen on the channel
         self._waiting: list[tuple[int | None, int, DeviceStatus]] = []
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -85,34 +107,47 @@ class ReconstructionMonitor(Device):
 
     # -- the listener thread ---------------------------------------------------------------
     def _listen(self) -> None:
-        descriptors: dict[str, str] = {}
+        streams: dict[str, tuple[str, str]] = {}  # descriptor uid -> (stream, run key)
         while not self._stop.is_set():
             if not self._sock.poll(50):
                 continue
+            message = self._sock.recv()
             try:
-                _prefix, name, payload = self._sock.recv().split(b" ", 2)
-                doc = unpackb(payload)
-            except Exception:  # not a document: ignore it, as RemoteDispatcher does
-                log.warning("%s: undecodable message on %s", self.name, self.address)
-                continue
-            if name == b"start":
-                with self._lock:
-                    self._results.clear()
-                    self._rejected.clear()
-                    self._newest = -1
-            elif name == b"descriptor":
-                descriptors[doc["uid"]] = doc["name"]
-            elif name == b"event":
-                stream = descriptors.get(doc["descriptor"])
-                if stream == "primary":
-                    self._arrived(doc["data"])
-                elif stream == "rejected":
-                    self._refused(int(doc["data"]["frame"]), doc["data"]["reason"])
+                self._document(message, streams)
+            except Exception as exc:  # a foreign or malformed document: count it, go on
+                self.ignored += 1
+                if self.ignored & (self.ignored - 1) == 0:
+                    log.warning("%s: ignored a document on %s (%d so far): %r",
+                                self.name, self.address, self.ignored, exc)
 
-    def _arrived(self, data: dict) -> None:
+    def _document(self, message: bytes, streams: dict[str, tuple[str, str]]) -> None:
+        _prefix, name, payload = message.split(b" ", 2)
+        doc = unpackb(payload)
+        if name == b"descriptor":
+            streams[doc["uid"]] = (doc["name"], doc["run_start"])
+            while len(streams) > 64:
+                del streams[next(iter(streams))]
+        elif name == b"event":
+            descriptor = doc["descriptor"]
+            if descriptor not in streams:  # joined mid-run: tell the stream by its keys
+                streams[descriptor] = (_stream_of(doc["data"]), descriptor)
+            stream, run = streams[descriptor]
+            if stream == "primary":
+                self._arrived(run, doc["data"])
+            elif stream == "rejected":
+                self._refused(run, int(doc["data"]["frame"]), str(doc["data"]["reason"]))
+            else:
+                raise ValueError(f"an event of a stream this device does not read: {stream}")
+
+    def _arrived(self, run: str, data: dict) -> None:
         frame = int(data["frame"])
+        missing = [k for k in (*self._SCALARS, "amplitude", "phase") if k not in data]
+        if missing:
+            raise KeyError(f"an event without {missing}")
         with self._lock:
-            self._results[frame] = data
+            if run != self._run:  # a new run: its frame numbers start again
+                self._run, self._newest = run, -1
+            self._results[(run, frame)] = data
             while len(self._results) > CACHE:
                 self._results.popitem(last=False)
             self._newest = max(self._newest, frame)
@@ -123,9 +158,11 @@ class ReconstructionMonitor(Device):
             if not status.done:
                 status.set_finished()
 
-    def _refused(self, frame: int, reason: str) -> None:
+    def _refused(self, run: str, frame: int, reason: str) -> None:
         with self._lock:
-            self._rejected[frame] = reason
+            self._rejected[(run, frame)] = reason
+            while len(self._rejected) > CACHE:
+                del self._rejected[next(iter(self._rejected))]
             failed = [w for w in self._waiting if w[0] == frame]
             self._waiting = [w for w in self._waiting if w not in failed]
         for _, _, status in failed:
@@ -143,8 +180,9 @@ class ReconstructionMonitor(Device):
         target = int(self.frame_signal.get()) if self.frame_signal is not None else None
         seconds = float(self.timeout.get())
         with self._lock:
-            data = self._results.get(target) if target is not None else None
-            reason = self._rejected.get(target) if target is not None else None
+            key = (self._run, target)
+            data = self._results.get(key) if target is not None else None
+            reason = self._rejected.get(key) if target is not None else None
             if data is None and reason is None:
                 self._waiting.append((target, self._newest, status))
         if data is not None:
@@ -177,6 +215,15 @@ class ReconstructionMonitor(Device):
         self._thread.join(timeout=2)
         self._sock.close(linger=0)
         super().destroy()
+
+
+def _stream_of(data: dict) -> str:
+    """The cdistream stream an event belongs to, from its data keys alone."""
+    if {"frame", "amplitude", "chi2"} <= data.keys():
+        return "primary"
+    if data.keys() == {"frame", "reason"}:
+        return "rejected"
+    return "foreign"
 
 
 def _fail(status: DeviceStatus, exc: Exception) -> None:

@@ -1,7 +1,7 @@
 """Physics shared by training, the simulated detector, the service and the tests: objects,
 the forward model, chi2, ambiguity-invariant comparison and iterative phase retrieval."""
 
-from .compare import Comparison, align, compare
+from .compare import Comparison, align, compare, extent, twin_distinction
 from .forward import (
     centre,
     centre_of_mass,
@@ -13,24 +13,38 @@ from .forward import (
     twin,
 )
 from .iterative import autocorrelation_support, phase_retrieval
+from .measurement import Measurement, MeasurementRecipe, blur_intensity, measure, peak_offsets
 from .objects import ObjectRecipe, random_object, random_objects, strain_phase
+from .ramp import fit_ramp, plane_fit, ramp_plane, ramp_to_offset, remove_ramp
 
 __all__ = [
     "Comparison",
+    "Measurement",
+    "MeasurementRecipe",
     "ObjectRecipe",
     "align",
     "autocorrelation_support",
+    "blur_intensity",
     "centre",
     "centre_of_mass",
     "chi2",
     "compare",
     "diffraction_magnitudes",
+    "extent",
+    "fit_ramp",
     "fourier_shift",
+    "measure",
+    "peak_offsets",
     "phase_retrieval",
+    "plane_fit",
     "poisson_magnitudes",
     "predicted_intensity",
     "random_object",
+    "ramp_plane",
+    "ramp_to_offset",
     "random_objects",
+    "remove_ramp",
     "strain_phase",
     "twin",
+    "twin_distinction",
 ]

@@ -65,15 +65,23 @@ def poisson_magnitudes(
     return np.sqrt(counts).astype(np.float32)
 
 
-def chi2(measured: np.ndarray, amplitude: np.ndarray, phase: np.ndarray) -> np.ndarray:
-    """sum((I_meas - s I_pred)^2) / sum(I_meas^2) per pattern, where ``measured`` are
-    magnitudes at any scale and s is the least-squares scale between the two intensities.
-    Each pattern's intensities are scaled to a maximum of 1 first, so float32 sums are exact
-    enough at any photon count."""
+def chi2(
+    measured: np.ndarray,
+    amplitude: np.ndarray,
+    phase: np.ndarray,
+    valid: np.ndarray | None = None,
+) -> np.ndarray:
+    """sum((I_meas - s I_pred)^2) / sum(I_meas^2) per pattern over the ``valid`` pixels (all
+    when None: masked pixels measured nothing), where ``measured`` are magnitudes at any scale
+    and s is the least-squares scale between the two intensities. Each pattern's intensities
+    are scaled to a maximum of 1 first, so float32 sums are exact enough at any photon count."""
     axes = (-2, -1)
     i_meas = np.asarray(measured, np.float32) ** 2
-    i_meas /= np.maximum(i_meas.max(axes, keepdims=True), 1e-30)
     i_pred = predicted_intensity(amplitude, phase)
+    if valid is not None:
+        i_meas = i_meas * valid
+        i_pred *= valid
+    i_meas /= np.maximum(i_meas.max(axes, keepdims=True), 1e-30)
     i_pred /= np.maximum(i_pred.max(axes, keepdims=True), 1e-30)
     scale = (i_meas * i_pred).sum(axes) / np.maximum((i_pred**2).sum(axes), 1e-30)
     residual = ((i_meas - scale[..., None, None] * i_pred) ** 2).sum(axes)

@@ -54,8 +54,10 @@ def phase_retrieval(
     threshold: float = 0.1,
     average_last: int = 20,
     seed: int | None = None,
+    valid: np.ndarray | None = None,
 ) -> np.ndarray:
     """Retrieve complex object(s) from fftshifted magnitudes of shape (n, N, N) or (N, N).
+    Where ``valid`` is False (masked pixels) the modulus is left free, not forced to zero.
 
     Alternates ``hio_cycle`` HIO and ``er_cycle`` ER iterations, ending on ER for the
     averaged tail; shrink-wraps the support every ``shrinkwrap_every`` iterations with a
@@ -66,6 +68,9 @@ def phase_retrieval(
     single = m.ndim == 2
     m = m[None] if single else m
     modulus = scipy.fft.ifftshift(m, axes=_AXES)
+    free = None
+    if valid is not None:
+        free = ~scipy.fft.ifftshift(np.asarray(valid, bool).reshape(m.shape), axes=_AXES)
     if start is None:
         rng = np.random.default_rng(seed)
         phases = np.exp(2j * np.pi * rng.random(modulus.shape))
@@ -92,7 +97,13 @@ def phase_retrieval(
     blocks = range(0, len(modulus), BLOCK)
     result = np.concatenate(
         [
-            _iterate(modulus[k : k + BLOCK], obj[k : k + BLOCK], supp[k : k + BLOCK], schedule)
+            _iterate(
+                modulus[k : k + BLOCK],
+                obj[k : k + BLOCK],
+                supp[k : k + BLOCK],
+                schedule,
+                None if free is None else free[k : k + BLOCK],
+            )
             for k in blocks
         ]
     )
@@ -111,15 +122,24 @@ class _Schedule:
     average_last: int
 
 
-def _iterate(modulus: np.ndarray, obj: np.ndarray, supp: np.ndarray, sch: _Schedule) -> np.ndarray:
-    """The ER/HIO loop on one block of patterns."""
+def _iterate(
+    modulus: np.ndarray,
+    obj: np.ndarray,
+    supp: np.ndarray,
+    sch: _Schedule,
+    free: np.ndarray | None = None,
+) -> np.ndarray:
+    """The ER/HIO loop on one block of patterns; ``free`` marks unmeasured pixels."""
     total = np.zeros_like(obj)
     period = sch.hio_cycle + sch.er_cycle
     for it in range(sch.iterations):
         tail = it >= sch.iterations - sch.average_last
         use_hio = not tail and sch.hio_cycle > 0 and (it % period) < sch.hio_cycle
         field = _fft(obj)
-        projected = _ifft(field * (modulus / np.maximum(np.abs(field), 1e-30)))
+        ratio = modulus / np.maximum(np.abs(field), 1e-30)
+        if free is not None:
+            ratio[free] = 1.0
+        projected = _ifft(field * ratio)
         obj = np.where(supp, projected, obj - sch.beta * projected) if use_hio else projected * supp
         if sch.shrinkwrap_every and (it + 1) % sch.shrinkwrap_every == 0 and not tail:
             frac = it / max(sch.iterations - 1, 1)

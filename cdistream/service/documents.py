@@ -15,7 +15,7 @@ from event_model.documents import Event, EventDescriptor, RunStart, RunStop
 from cdistream.inference import Reconstruction
 from cdistream.roi import Crop
 
-__all__ = ["RECON_KEYS", "REJECTED_KEYS", "RunComposer"]
+__all__ = ["ARCHIVED", "ARCHIVE_KEYS", "RECON_KEYS", "REJECTED_KEYS", "RunComposer"]
 
 Emit = Callable[[str, dict], None]
 SOURCE = "cdistream"
@@ -45,19 +45,46 @@ def RECON_KEYS(n: int) -> dict[str, dict]:  # noqa: N802 (a table, named like a 
         "phase_std": _scalar("number", "rad"),
         "peak_row": _scalar("integer", "pixels"),
         "peak_col": _scalar("integer", "pixels"),
+        "peak_offset_row": _scalar("number", "pixels"),
+        "peak_offset_col": _scalar("number", "pixels"),
+        "masked_pixels": _scalar("integer", "pixels"),
+        "saturated_pixels": _scalar("integer", "pixels"),
+        "refined": _scalar("boolean"),
+        "trusted": _scalar("boolean"),
         "latency": _scalar("number", "s"),
     }
 
 
 REJECTED_KEYS = {"frame": _scalar("integer"), "reason": _scalar("string")}
 
+# the arrays of the ``archive`` stream, in the run's NeXus file (external: StreamDatum)
+ARCHIVED = {"amplitude": "/entry/data/amplitude", "phase": "/entry/data/phase"}
+
+
+def ARCHIVE_KEYS(n: int) -> dict[str, dict]:  # noqa: N802 (a table, named like a constant)
+    """Data keys of the ``archive`` stream: the archived arrays, stored in HDF5."""
+    keys = {name: {**_array(n, "<f4"), "external": "STREAM:"} for name in ARCHIVED}
+    keys["phase"]["units"] = "rad"
+    return keys
+
 
 class RunComposer:
     """Composes and emits the documents of one run; ``emit(name, doc)`` publishes them."""
 
-    def __init__(self, emit: Emit, n: int, metadata: dict[str, Any]):
+    def __init__(
+        self,
+        emit: Emit,
+        n: int,
+        metadata: dict[str, Any],
+        binning: int = 1,
+        uid: str | None = None,
+    ):
         self._emit = emit
-        self._bundle = event_model.compose_run(metadata=metadata)
+        self._binning = binning  # detector pixels per ROI pixel, for the peak offset
+        self._counters: dict[str, int] = {}  # events per stream, for the stop document
+        self._bundle = event_model.compose_run(
+            uid=uid, metadata=metadata, event_counters=self._counters
+        )
         self.start: RunStart = self._bundle.start_doc
         emit("start", self.start)
         self._primary = self._bundle.compose_descriptor(
@@ -68,12 +95,19 @@ class RunComposer:
         self.descriptor: EventDescriptor = self._primary.descriptor_doc
         emit("descriptor", self.descriptor)
         self._rejected = None
+        self._archive = None  # (descriptor bundle, {name: stream resource bundle})
+        self._archived = 0
         self.events = 0
 
     def reconstructions(
-        self, frames: list[tuple[int, float, Crop]], result: Reconstruction
+        self,
+        frames: list[tuple[int, float, Crop]],
+        result: Reconstruction,
+        refined: np.ndarray,
+        trusted: np.ndarray,
     ) -> list[Event]:
-        """One event per frame of a batch: (frame number, detector timestamp, crop) each."""
+        """One event per frame of a batch: (frame number, detector timestamp, crop) each, and
+        per frame whether the trust gate refined it and whether it is trusted."""
         events = []
         # per-frame statistics for the whole batch at once (phase is 0 outside the support)
         area = result.support.sum(axis=(1, 2))
@@ -81,6 +115,7 @@ class RunComposer:
         mean = result.phase.sum(axis=(1, 2), dtype=np.float64) / inside
         square = np.square(result.phase, dtype=np.float64).sum(axis=(1, 2)) / inside
         std = np.sqrt(np.maximum(square - mean**2, 0))
+        binning = self._binning
         for k, (frame, stamp, crop) in enumerate(frames):
             now = time.time()
             data = {
@@ -94,6 +129,12 @@ class RunComposer:
                 "phase_std": float(std[k]),
                 "peak_row": crop.peak_row,
                 "peak_col": crop.peak_col,
+                "peak_offset_row": float(result.peak_offset[k, 0]) * binning,
+                "peak_offset_col": float(result.peak_offset[k, 1]) * binning,
+                "masked_pixels": int(crop.valid.size - np.count_nonzero(crop.valid)),
+                "saturated_pixels": crop.saturated,
+                "refined": bool(refined[k]),
+                "trusted": bool(trusted[k]),
                 "latency": now - stamp,
             }
             stamps = dict.fromkeys(data, stamp)
@@ -106,6 +147,40 @@ class RunComposer:
             events.append(event)
         self.events += len(events)
         return events
+
+    def archive(self, path: str, n: int) -> None:
+        """Declare the run's archive: an ``archive`` stream whose arrays are external, in the
+        NeXus file at ``path`` (a StreamResource per array), for TiledWriter & co."""
+        stream = self._bundle.compose_descriptor(name="archive", data_keys=ARCHIVE_KEYS(n))
+        self._emit("descriptor", stream.descriptor_doc)
+        resources = {}
+        for name, dataset in ARCHIVED.items():
+            resource = self._bundle.compose_stream_resource(
+                mimetype="application/x-hdf5",
+                uri=f"file://localhost{path}",
+                data_key=name,
+                parameters={"dataset": dataset, "chunk_shape": [16, n, n], "swmr": True},
+            )
+            self._emit("stream_resource", resource.stream_resource_doc)
+            resources[name] = resource
+        self._archive = (stream, resources)
+
+    def archived(self, rows: int) -> None:
+        """``rows`` more frames are in the archive: a StreamDatum per array."""
+        if self._archive is None or rows <= 0:
+            return
+        stream, resources = self._archive
+        start, stop = self._archived, self._archived + rows
+        for resource in resources.values():
+            datum = resource.compose_stream_datum(
+                indices={"start": start, "stop": stop},
+                seq_nums={"start": start + 1, "stop": stop + 1},
+                descriptor=stream.descriptor_doc,
+                validate=False,
+            )
+            self._emit("stream_datum", datum)
+        self._archived = stop
+        self._counters["archive"] = stop + 1  # event-model keeps the next seq_num here
 
     def rejection(self, frame: int, reason: str) -> Event:
         """Publish that ``frame`` will not be reconstructed, in the ``rejected`` stream."""

@@ -1,8 +1,10 @@
 """The bounded hand-off between the receiver and the inference worker.
 
 Frames beyond ``capacity`` push the oldest queued frame out (a live experiment wants the newest
-data); control items (series start/end, rejection notices) are never dropped and keep their
-place in the stream's order.
+data); control items (a run's start and end, rejection notices) are never dropped and keep
+their place in the stream's order. Every item carries the run it belongs to: the receiver
+numbers runs, one per series start it saw, so a series id the detector reuses (a restart, a
+counter from 1 again) never mixes two runs.
 """
 
 from __future__ import annotations
@@ -18,29 +20,50 @@ import numpy as np
 from cdistream.roi import Crop
 from cdistream.wire import SeriesEnd, SeriesStart
 
-__all__ = ["FrameItem", "FrameQueue", "Rejection"]
+__all__ = ["FrameItem", "FrameQueue", "Rejection", "RunEnd", "RunStart"]
 
 
 @dataclass(frozen=True)
 class FrameItem:
     """A frame that passed the ROI, waiting for the networks."""
 
+    run: int
     series: int
     frame: int
     timestamp: float
     crop: Crop
+
+    @property
+    def nbytes(self) -> int:
+        return self.crop.magnitudes.nbytes + self.crop.counts.nbytes + self.crop.valid.nbytes
 
 
 @dataclass(frozen=True)
 class Rejection:
     """A numbered frame that will not be reconstructed, and why (published, not only counted)."""
 
-    series: int
+    run: int | None
     frame: int
     reason: str
 
 
-Control = SeriesStart | SeriesEnd | Rejection
+@dataclass(frozen=True)
+class RunStart:
+    """The receiver saw a series start (or the first frame of a series whose start it missed)."""
+
+    run: int
+    start: SeriesStart
+
+
+@dataclass(frozen=True)
+class RunEnd:
+    """The series of ``run`` ended, or the receiver closed it (``end.complete`` False)."""
+
+    run: int
+    end: SeriesEnd
+
+
+Control = RunStart | RunEnd | Rejection
 
 
 class FrameQueue:
@@ -50,6 +73,7 @@ class FrameQueue:
         self.capacity = max(capacity, 1)
         self._items: deque[FrameItem | Control] = deque()
         self._frames = 0
+        self.nbytes = 0  # bytes held by the queued frames' crops
         self._cond = threading.Condition()
         self._on_drop = on_drop
 
@@ -63,6 +87,7 @@ class FrameQueue:
                 if self._frames >= self.capacity:
                     dropped = self._pop_oldest_frame()
                 self._frames += 1
+                self.nbytes += item.nbytes
             self._items.append(item)
             self._cond.notify()
         if dropped is not None:
@@ -73,6 +98,7 @@ class FrameQueue:
             if isinstance(queued, FrameItem):
                 del self._items[i]
                 self._frames -= 1
+                self.nbytes -= queued.nbytes
                 return queued
         raise AssertionError("frame count out of step")  # pragma: no cover
 
@@ -80,6 +106,7 @@ class FrameQueue:
         item = self._items.popleft()
         if isinstance(item, FrameItem):
             self._frames -= 1
+            self.nbytes -= item.nbytes
         return item
 
     def get_batch(
@@ -107,5 +134,9 @@ class FrameQueue:
             return batch
 
     @staticmethod
-    def stack(batch: list[FrameItem]) -> np.ndarray:
-        return np.stack([item.crop.magnitudes for item in batch])
+    def stack(batch: list[FrameItem]) -> tuple[np.ndarray, np.ndarray]:
+        """The batch's magnitudes and validity masks, (k, N, N) each."""
+        return (
+            np.stack([item.crop.magnitudes for item in batch]),
+            np.stack([item.crop.valid for item in batch]),
+        )

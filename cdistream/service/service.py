@@ -1,12 +1,16 @@
 """The service: receiver -> bounded queue -> micro-batches through the networks -> Bluesky
-documents on the feedback channel (and an optional HDF5 archive). A thin composition of the
-stages, with a clean drain on shutdown."""
+documents on the feedback channel (and an optional NeXus archive). A thin composition of the
+stages, supervised: an error outside a batch ends the affected run with ``exit_status: "fail"``
+and the service goes on with the next series; an error the worker cannot survive sets
+:attr:`Service.failed`, which ``cdistream serve`` turns into a non-zero exit."""
 
 from __future__ import annotations
 
 import logging
 import threading
 import time
+import uuid
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -14,22 +18,34 @@ import numpy as np
 import zmq
 
 from cdistream._version import __version__
+from cdistream.errors import ConfigError
 from cdistream.inference import Reconstructor
+from cdistream.inference.gate import REFINE_ABOVE, REFINE_ITERATIONS, TrustGate
+from cdistream.inference.registration import SeriesRegistration
 from cdistream.inference.result import finish
 from cdistream.roi import RoiConfig
-from cdistream.wire import SeriesEnd, SeriesStart
+from cdistream.wire import SeriesEnd
+from cdistream.wire.documents_safe import document_safe
 from cdistream.wire.formats import DEFAULT_SOCKET, make_decoder
 
 from .accounting import Accounting, CountsDict
-from .archive import SeriesArchive
+from .archive import ArchiveError, RunArchive
 from .documents import RunComposer
 from .feedback import FeedbackPublisher
-from .queue import FrameItem, FrameQueue, Rejection
-from .receiver import Receiver
+from .metrics import ServiceMetrics
+from .options import checked
+from .queue import FrameItem, FrameQueue, Rejection, RunEnd, RunStart
+from .receiver import DEFAULT_MAX_FRAME_BYTES, Receiver
+from .security import Curve, is_loopback
 
 __all__ = ["Service", "ServiceConfig"]
 
 log = logging.getLogger(__name__)
+
+DEFAULT_MEMORY_BUDGET = 2 * 2**30
+# how the memory budget is shared: the detector socket's buffer (whole frames), the queue of
+# crops, the feedback channel's buffer per subscriber
+_SHARES = {"receive": 0.7, "queue": 0.1, "feedback": 0.2}
 
 
 @dataclass
@@ -48,10 +64,29 @@ class ServiceConfig:
     archive: Path | None = None
     roi: RoiConfig = field(default_factory=RoiConfig)
     status_interval: float = 10.0  # seconds between status log lines
+    refine_above: float | None = None  # chi2 above which frames are refined; None: never
+    refine_iterations: int = REFINE_ITERATIONS
+    memory_budget: int = DEFAULT_MEMORY_BUDGET  # bytes the service may buffer in all
+    metrics: str | None = None  # host:port for Prometheus; None: no endpoint
+    curve_keys: Path | None = None  # CURVE key directory (docs/security.md)
+    max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES  # sizes the detector socket's buffer
+
+
+@dataclass
+class _Run:
+    """The run being written: its documents, archive and what went wrong in it."""
+
+    run: int
+    series: int
+    composer: RunComposer
+    archive: RunArchive | None
+    failures: list[str] = field(default_factory=list)
+    archive_failed: int = 0
 
 
 class Service:
-    """Start with :meth:`start`, stop with :meth:`stop` (drains, closes the open run)."""
+    """Start with :meth:`start`, stop with :meth:`stop` (drains, closes the open run).
+    Raises :class:`ConfigError` for options it cannot honour, before anything starts."""
 
     def __init__(
         self,
@@ -59,19 +94,40 @@ class Service:
         reconstructor: Reconstructor | None = None,
         context: zmq.Context | None = None,
     ):
-        self.config = config
         self.reconstructor = reconstructor or Reconstructor.load(config.models)
+        self.config = checked(config, self.reconstructor.n)
         self.accounting = Accounting()
         self._ctx = context or zmq.Context.instance()
-        self._queue = FrameQueue(config.queue_size, self._dropped)
+        budget = self.config.memory_budget
+        item = 9 * self.reconstructor.n**2 * 4  # a crop's arrays, generously
+        capacity = min(self.config.queue_size, int(_SHARES["queue"] * budget) // item)
+        self._queue = FrameQueue(capacity, self._dropped)
         self._dropped_notices: list[Rejection] = []
         self._notice_lock = threading.Lock()
-        self.feedback = FeedbackPublisher(config.feedback, context=self._ctx)
+        self.curve = Curve(self.config.curve_keys, self._ctx) if self.config.curve_keys else None
+        try:
+            self.feedback = FeedbackPublisher(
+                self.config.feedback,
+                context=self._ctx,
+                buffer_bytes=int(_SHARES["feedback"] * budget),
+                secure=self.curve.server if self.curve else None,
+            )
+        except zmq.ZMQError as exc:
+            self._close_curve()
+            raise ConfigError(f"--feedback {self.config.feedback}: cannot bind ({exc})") from None
+        if not is_loopback(self.feedback.address) and self.curve is None:
+            log.warning(
+                "the feedback channel %s is reachable beyond this host without encryption or"
+                " authentication: add --curve-keys (docs/security.md)", self.feedback.address
+            )
+        threshold = REFINE_ABOVE if config.refine_above is None else config.refine_above
+        self.gate = TrustGate(threshold, config.refine_iterations)
+        self.registration = SeriesRegistration()
+        self.metrics = ServiceMetrics(self.accounting, self._gauges)
         self._receiver: Receiver | None = None
-        self._run: RunComposer | None = None
-        self._series: SeriesStart | None = None
-        self._archive: SeriesArchive | None = None
+        self._open: _Run | None = None
         self._stop = threading.Event()
+        self.failed = threading.Event()  # the worker could not go on: exit non-zero
         self._worker = threading.Thread(target=self._work, name="cdistream-worker", daemon=True)
         self.stopped = threading.Event()
 
@@ -89,33 +145,45 @@ class Service:
             self._queue,
             self.accounting,
             self._ctx,
+            buffer_bytes=int(_SHARES["receive"] * self.config.memory_budget),
+            secure=self.curve.client if self.curve else None,
+            max_frame_bytes=self.config.max_frame_bytes,
         )
         self._receiver.start()
         self._worker.start()
+        metrics = self.metrics.serve(self.config.metrics) if self.config.metrics else "off"
         log.info(
-            "serving %s (%s, %s) -> %s on %s",
+            "serving %s (%s, %s) -> %s on %s with %s; metrics %s",
             self.config.input,
             self.config.format,
             socket,
             self.feedback.address,
             self.reconstructor.device,
+            self.reconstructor.source,
+            metrics,
         )
         return self
 
     def stop(self) -> CountsDict:
-        """Stop receiving, reconstruct what is queued, close the open run, close sockets."""
+        """Stop receiving, close the open series, reconstruct what is queued, close sockets."""
         if self._receiver is not None:
             self._receiver.stop()
         self._stop.set()
         if self._worker.is_alive():
             self._worker.join()
-        if self._run is not None:
-            self._close_run("abort", "service stopped before the detector series ended")
+        if self._open is not None:  # the worker died: close what it left open
+            self._close_run("abort", ["the service stopped"])
+        self.metrics.close()
         self.feedback.close()
+        self._close_curve()
         self.stopped.set()
         counts = self.accounting.snapshot()
         log.info("stopped: %s", counts)
         return counts
+
+    def _close_curve(self) -> None:
+        if self.curve is not None:
+            self.curve.close()
 
     def __enter__(self) -> Service:
         return self.start()
@@ -124,69 +192,174 @@ class Service:
         if not self.stopped.is_set():
             self.stop()
 
+    @property
+    def alive(self) -> dict[str, bool]:
+        """Which of the service's threads are running."""
+        receiver = self._receiver is not None and self._receiver.alive
+        return {"receiver": receiver, "worker": self._worker.is_alive()}
+
+    def _gauges(self) -> dict[str, float]:
+        alive = self.alive
+        return {
+            "queue_depth": len(self._queue),
+            "queue_bytes": self._queue.nbytes,
+            "receiver_alive": float(alive["receiver"]),
+            "worker_alive": float(alive["worker"]),
+        }
+
     # -- worker ------------------------------------------------------------------------------
     def _dropped(self, item: FrameItem) -> None:
-        self.accounting.dropped(item.series)
+        self.accounting.dropped(item.run)
         with self._notice_lock:
-            self._dropped_notices.append(Rejection(item.series, item.frame, "dropped_overload"))
+            self._dropped_notices.append(Rejection(item.run, item.frame, "dropped_overload"))
 
     def _work(self) -> None:
+        try:
+            self._loop()
+        except BaseException:  # noqa: BLE001  (anything here leaves no worker: say so, exit)
+            log.critical("cdistream's worker cannot go on; exiting", exc_info=True)
+            self.failed.set()
+
+    def _loop(self) -> None:
         wait = self.config.max_wait_ms / 1000
         next_status = time.monotonic() + self.config.status_interval
         while True:
             work = self._queue.get_batch(self.config.max_batch, wait, idle=0.05)
-            self._publish_dropped()
+            self._guarded("publish_notices", self._publish_dropped)
             if work is None:
                 if self._stop.is_set() and len(self._queue) == 0:
                     return
             elif isinstance(work, list):
-                try:
-                    self._reconstruct(work)
-                except Exception:  # one bad batch must not stop the service: count, go on
-                    log.exception("inference failed on %d frames", len(work))
-                    for item in work:
-                        self.accounting.rejected(item.series, "inference_error")
-                        self._reject(Rejection(item.series, item.frame, "inference_error"))
-            elif isinstance(work, SeriesStart):
-                self._open_run(work)
-            elif isinstance(work, SeriesEnd):
-                self._publish_dropped()
-                self._close_run("success", "")
+                self._batch(work)
+            elif isinstance(work, RunStart):
+                self._guarded("open_run", self._open_run, work)
+            elif isinstance(work, RunEnd):
+                self._guarded("close_run", self._end_run, work)
             else:
-                self._reject(work)
+                self._guarded("publish_rejection", self._reject, work)
             if time.monotonic() >= next_status:
                 log.info("status: %s queued=%d", self.accounting.snapshot(), len(self._queue))
                 next_status = time.monotonic() + self.config.status_interval
+
+    def _guarded(self, stage: str, fn: Callable, *args) -> None:
+        """Run a step outside a batch; an error is logged, counted by name, and ends the run
+        it happened in with ``fail`` (the service goes on with the next series)."""
+        try:
+            fn(*args)
+        except Exception as exc:
+            log.exception("%s failed", stage)
+            run = self._open.run if self._open is not None else None
+            self.accounting.notice(run, f"{stage}_failed")
+            if self._open is not None:
+                self._open.failures.append(f"{stage} failed: {exc}")
+                try:
+                    self._close_run("fail", [])
+                except Exception:
+                    log.exception("closing the failed run failed too")
+                    self._open = None
 
     def _publish_dropped(self) -> None:
         with self._notice_lock:
             notices, self._dropped_notices = self._dropped_notices, []
         for notice in notices:
-            if self._run is not None and self._series and notice.series == self._series.series:
-                self._run.rejection(notice.frame, notice.reason)
+            self._reject(notice)
 
     def _reject(self, rejection: Rejection) -> None:
-        if self._run is not None and self._series and rejection.series == self._series.series:
-            self._run.rejection(rejection.frame, rejection.reason)
+        if self._open is not None and rejection.run == self._open.run:
+            self._open.composer.rejection(rejection.frame, rejection.reason)
+
+    def _batch(self, batch: list[FrameItem]) -> None:
+        try:
+            self._reconstruct(batch)
+        except Exception:  # one bad batch must not stop the service: count, go on
+            log.exception("inference failed on %d frames", len(batch))
+            for item in batch:
+                self.accounting.rejected(item.run, "inference_error")
+                self._guarded("publish_rejection", self._reject,
+                              Rejection(item.run, item.frame, "inference_error"))
 
     def _reconstruct(self, batch: list[FrameItem]) -> None:
-        magnitudes = FrameQueue.stack(batch)
-        amplitude, phase = self.reconstructor.predict(magnitudes)
-        result = finish(magnitudes, amplitude, phase)
-        series = batch[0].series
-        if self._run is not None:
-            self._run.reconstructions([(i.frame, i.timestamp, i.crop) for i in batch], result)
-        if self._archive is not None:
-            peaks = np.array([[i.crop.peak_row, i.crop.peak_col] for i in batch])
-            rois = np.stack([i.crop.counts for i in batch])
-            self._archive.append([i.frame for i in batch], rois, peaks, result)
-        self.accounting.reconstructed(series, len(batch))
+        started = time.perf_counter()
+        magnitudes, valid = FrameQueue.stack(batch)
+        raw = self.reconstructor.predict(magnitudes, valid)
+        result = finish(magnitudes, *raw, valid)
+        run = batch[0].run
+        refined = np.zeros(len(batch), bool)
+        if self.config.refine_above is not None:
+            # nothing waiting: refine every flagged frame (latency is this batch's alone);
+            # frames waiting: the worst first, for as long again as the batch took + max wait
+            budget = (
+                float("inf")
+                if len(self._queue) == 0
+                else self.config.max_wait_ms / 1e3 + (time.perf_counter() - started)
+            )
+            outcome = self.gate.apply(magnitudes, valid, raw, result, budget)
+            result, refined = outcome.result, outcome.refined
+            if outcome.skipped:
+                self.accounting.notice(run, "refine_skipped", outcome.skipped)
+        trusted = result.chi2 <= self.gate.threshold
+        result = self.registration.register(result)
+        current = self._open if self._open is not None and self._open.run == run else None
+        if current is not None:
+            frames = [(i.frame, i.timestamp, i.crop) for i in batch]
+            current.composer.reconstructions(frames, result, refined, trusted)
+        self.accounting.reconstructed(run, len(batch))  # published: counted once, here
+        now = time.time()
+        self.metrics.batch_size.observe(len(batch))
+        self.metrics.batch_seconds.observe(time.perf_counter() - started)
+        for item in batch:
+            self.metrics.latency.observe(now - item.timestamp)
+        self.metrics.last_frame.set(max(i.timestamp for i in batch))
+        if current is not None and current.archive is not None:
+            self._archive(current, batch, result, refined, trusted)
 
-    def _open_run(self, start: SeriesStart) -> None:
-        if self._run is not None:
-            self._close_run("abort", "a new detector series started")
-        self._series = start
-        n = self.reconstructor.n
+    def _archive(self, current: _Run, batch, result, refined, trusted) -> None:
+        """Archive a published batch; a failure is counted per frame as ``archive_failed``
+        (the events are out already: nothing is counted twice)."""
+        try:
+            current.archive.append(
+                [i.frame for i in batch],
+                [i.timestamp for i in batch],
+                np.stack([i.crop.counts for i in batch]),
+                np.stack([i.crop.valid for i in batch]),
+                np.array([[i.crop.peak_row, i.crop.peak_col] for i in batch]),
+                result,
+                refined,
+                trusted,
+            )
+        except ArchiveError as exc:
+            self._archive_failed(current, len(batch), exc)
+        else:
+            current.composer.archived(len(batch))
+
+    def _archive_failed(self, current: _Run, frames: int, exc: Exception) -> None:
+        if current.archive_failed == 0:
+            log.error("archive: %s", exc)
+            current.failures.append(f"archive: {exc}")
+        current.archive_failed += frames
+        self.accounting.notice(current.run, "archive_failed", frames)
+
+    def _emitter(self, run: int) -> Callable[[str, dict], None]:
+        def emit(name: str, doc: dict) -> None:
+            if not self.feedback(name, doc):
+                self.accounting.not_delivered(run)
+                count = self.feedback.not_delivered
+                if count & (count - 1) == 0:
+                    log.warning("a subscriber is not keeping up: %d documents not delivered",
+                                count)
+
+        return emit
+
+    def _open_run(self, opened: RunStart) -> None:
+        if self._open is not None:  # cannot happen: the receiver ends every run it starts
+            self._close_run("abort", ["a new series started"])
+        start = opened.start
+        self.registration.reset()
+        detector, notices = document_safe(start.meta or {})
+        for notice in notices:
+            log.warning("series %d metadata: %s", start.series, notice)
+        if notices:
+            self.accounting.notice(opened.run, "metadata_converted", len(notices))
         metadata = {
             "plan_name": "cdistream_serve",
             "plan_type": "cdistream",  # with scan_id, what LiveTable & co. print at the end
@@ -195,27 +368,79 @@ class Service:
             "detector_format": self.decoder.name,
             "detector_shape": list(start.shape) if start.shape else None,
             "detector_dtype": start.dtype,
-            "detector": start.meta,
+            "detector": detector,
             "model": self.reconstructor.source,
             "device": self.reconstructor.device,
             "roi": asdict(self.config.roi),
             "max_batch": self.config.max_batch,
             "max_wait_ms": self.config.max_wait_ms,
+            "refine_above": self.config.refine_above,
+            "refine_iterations": self.config.refine_iterations,
+            "trust_threshold": self.gate.threshold,
             "cdistream_version": __version__,
         }
-        self._run = RunComposer(self.feedback, n, metadata)
+        uid = str(uuid.uuid4())
+        archive, failure = None, None
         if self.config.archive is not None:
-            self._archive = SeriesArchive(
-                self.config.archive,
-                start.series,
-                n,
-                {"run_uid": self._run.start["uid"], "model": self.reconstructor.source},
-            )
+            unique = detector.get("series_unique_id") if isinstance(detector, dict) else None
+            try:
+                archive = RunArchive(
+                    self.config.archive,
+                    start.series,
+                    str(unique or uid[:8]),
+                    self.reconstructor.n,
+                    {**metadata, "uid": uid, "time": time.time()},
+                    detector,
+                )
+                metadata["archive"] = str(archive.path)
+            except ArchiveError as exc:
+                failure = exc
+        composer = RunComposer(
+            self._emitter(opened.run),
+            self.reconstructor.n,
+            metadata,
+            self.config.roi.binning,
+            uid,
+        )
+        self._open = _Run(opened.run, start.series, composer, archive)
+        if archive is not None:
+            composer.archive(str(archive.path), self.reconstructor.n)
+        if failure is not None:
+            self._archive_failed(self._open, 0, failure)
 
-    def _close_run(self, exit_status: str, reason: str) -> None:
-        series = self._series.series if self._series else None
-        self._run.stop(self.accounting.snapshot(series), exit_status, reason)
-        if self._archive is not None:
-            self._archive.close()
-            self._archive = None
-        self._run, self._series = None, None
+    def _end_run(self, ended: RunEnd) -> None:
+        self._publish_dropped()
+        if self._open is None or self._open.run != ended.run:
+            return  # its start failed: nothing open to close
+        problems = [] if ended.end.complete else [ended.end.reason or "the series did not end"]
+        self._close_run("success", problems, ended.end)
+
+    def _close_run(self, status: str, problems: list[str], end: SeriesEnd | None = None) -> None:
+        """Close the open run: ``fail`` if anything failed in it, ``abort`` if frames are
+        missing or the series did not end, else ``status``."""
+        current, self._open = self._open, None
+        counts = self.accounting.snapshot(current.run)
+        missing = counts["gaps"] + counts["missing_before_first"] + counts["missing_after_last"]
+        problems = list(problems)
+        if missing:
+            of = f" of {counts['announced']} announced" if counts["announced"] is not None else ""
+            problems.append(
+                f"{missing}{of} frames never arrived ({counts['missing_before_first']} before the"
+                f" first received, {counts['gaps']} in gaps, {counts['missing_after_last']} after"
+                " the last)"
+            )
+        if current.archive_failed:
+            problems.append(f"{current.archive_failed} frames were not archived")
+        if current.failures:
+            status = "fail"
+        elif problems and status == "success":
+            status = "abort"
+        reason = "; ".join([*current.failures, *problems])
+        try:
+            current.composer.stop(counts, status, reason)
+        finally:
+            if current.archive is not None:
+                current.archive.close(status)
+        if status != "success":
+            log.warning("run of series %d: %s (%s)", current.series, status, reason)
+

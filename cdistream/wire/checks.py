@@ -21,6 +21,8 @@ def json_object(part: Any, what: str, series: int | None = None, frame: int | No
     """A message part that must hold a JSON object."""
     try:
         value = json.loads(bytes(memoryview(part)))
+    except RecursionError:  # a nesting bomb: json recurses once per level
+        raise DecodeError("malformed", f"{what} is nested too deep", series, frame) from None
     except Exception as exc:  # UnicodeDecodeError, JSONDecodeError, TypeError
         raise DecodeError("malformed", f"{what} is not JSON ({exc})", series, frame) from None
     if not isinstance(value, dict):

@@ -24,8 +24,9 @@ __all__ = ["Decoder", "Encoder"]
 NAME = "eiger-v1"
 _TYPES = {"uint8", "uint16", "uint32", "float32"}
 _HEADER_BLOBS = ("dflatfield-1.0", "dpixelmask-1.0", "dcountrate_table-1.0")  # detail "all"
-# detector configuration keys that go into the run's start document, under cdistream's names
-_META = {
+# detector configuration keys (SIMPLON's names, also the file writer's detector group's) that go
+# into the run's start document, under cdistream's names
+DETECTOR_CONFIG_NAMES = {
     "beam_center_x": "beam_center_x",
     "beam_center_y": "beam_center_y",
     "x_pixel_size": "pixel_size_x",
@@ -121,12 +122,12 @@ class Decoder:
         meta: dict[str, Any] = {"format": NAME, "header_detail": detail}
         if len(parts) == wanted + 1:  # the user's header appendix: kept when it is a JSON object
             try:
-                appendix = json.loads(bytes(memoryview(parts[-1])))
-            except ValueError:
+                appendix = json_object(parts[-1], "header appendix")
+            except DecodeError:  # not JSON, or nested too deep: an appendix is optional
                 appendix = None
             if isinstance(appendix, dict):
                 meta["appendix"] = appendix
-        for key, name in _META.items():
+        for key, name in DETECTOR_CONFIG_NAMES.items():
             value = config.get(key)
             if isinstance(value, int | float | str) and not isinstance(value, bool):
                 meta[name] = value
@@ -210,7 +211,9 @@ class Encoder:
         self._date = time.time()
         detail = "all" if start.mask is not None else "basic"
         config: dict[str, Any] = {
-            key: start.meta[name] for key, name in _META.items() if name in start.meta
+            key: start.meta[name]
+            for key, name in DETECTOR_CONFIG_NAMES.items()
+            if name in start.meta
         }
         config["data_collection_date"] = datetime.fromtimestamp(self._date, UTC).isoformat()
         if "number_of_images" in start.meta:
@@ -228,7 +231,7 @@ class Encoder:
             parts += self._blob("dflatfield-1.0", np.ones(shape, np.float32))
             parts += self._blob("dpixelmask-1.0", start.mask.astype(np.uint32))
             parts += self._blob("dcountrate_table-1.0", np.zeros((2, 1000), np.float32))
-        known = {*_META.values(), "number_of_images"}
+        known = {*DETECTOR_CONFIG_NAMES.values(), "number_of_images"}
         extra = {k: v for k, v in start.meta.items() if k not in known}
         if extra:  # what the detector does not know travels as the header appendix
             parts.append(_dumps(extra))

@@ -112,6 +112,36 @@ def _image(array: Any, what: str, series: int | None = None, frame: int | None =
     return image if typed.dtype.isnative else image.astype(typed.dtype.newbyteorder("="))
 
 
+def _plain(value: Any, depth: int = 0) -> Any:
+    """User data with its lazy typed arrays made numpy arrays (small, uncompressed ones) or
+    described in words; anything else as cbor2 decoded it."""
+    if depth > 32:
+        return "<nested too deep>"
+    if isinstance(value, _Array):
+        typed = value.content
+        if isinstance(typed, _Typed) and isinstance(typed.payload, bytes):
+            if len(typed.payload) % typed.dtype.itemsize:
+                return f"<array of {len(typed.payload)} bytes>"
+            flat = np.frombuffer(typed.payload, typed.dtype)
+            dims = value.dims
+            whole = isinstance(dims, list | tuple) and all(
+                isinstance(d, int) and d > 0 for d in dims
+            )
+            return flat.reshape(dims) if whole and int(np.prod(dims)) == flat.size else flat
+        return f"<array {value.dims!r}>"
+    if isinstance(value, _Typed):
+        if isinstance(value.payload, bytes) and len(value.payload) % value.dtype.itemsize == 0:
+            return np.frombuffer(value.payload, value.dtype)
+        return f"<compressed {value.dtype} array>"
+    if isinstance(value, _Compressed):
+        return f"<{value.algorithm} compressed, {len(value.data)} bytes>"
+    if isinstance(value, Mapping):
+        return {k: _plain(v, depth + 1) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v, depth + 1) for v in value]
+    return value
+
+
 def _seconds(rational: Any) -> float | None:
     if isinstance(rational, list | tuple) and len(rational) == 2 and rational[1]:
         return rational[0] / rational[1]
@@ -161,9 +191,8 @@ class Decoder:
         for key, name in _META.items():
             if isinstance(msg.get(key), int | float | str) and not isinstance(msg[key], bool):
                 meta[name] = msg[key]
-        user = msg.get("user_data")
-        if isinstance(user, Mapping):
-            meta["user_data"] = dict(user)
+        if "user_data" in msg:  # any CBOR: made document-safe when the run starts
+            meta["user_data"] = _plain(msg["user_data"])
         translation = msg.get("detector_translation")
         if isinstance(translation, list | tuple) and len(translation) == 3:
             meta["detector_distance"] = float(translation[2])

@@ -95,7 +95,7 @@ def sniff(parts: Sequence[Any]) -> str | None:
     if first.lstrip()[:1] == b"{":
         try:
             htype = json.loads(bytes(memoryview(parts[0]))).get("htype")
-        except (ValueError, AttributeError):
+        except Exception:  # not JSON, not an object, or nested too deep (RecursionError)
             return None
         if htype in (adzmq.HTYPE, [adzmq.HTYPE]):
             return adzmq.NAME

@@ -47,10 +47,14 @@ class Frame:
 
 @dataclass(frozen=True)
 class SeriesEnd:
-    """A detector series ends after ``frames`` images were sent (None: the format does not say)."""
+    """A detector series ends after ``frames`` images were sent (None: the format does not say).
+    ``complete`` is False when the series never ended and the service closes it (a new series
+    started first, the service stopped): ``reason`` says which."""
 
     series: int
     frames: int | None
+    complete: bool = True
+    reason: str = ""
 
 
 Message = SeriesStart | Frame | SeriesEnd

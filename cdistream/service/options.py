@@ -1,0 +1,66 @@
+"""Options checked before anything starts: every option the service cannot honour is refused
+with one line naming what is allowed, instead of a service that starts and then rejects every
+frame."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tempfile
+from pathlib import Path
+
+from cdistream.errors import ConfigError
+from cdistream.inference import BUCKETS
+
+__all__ = ["MIN_MEMORY_BUDGET", "checked", "roi_for_model"]
+
+MIN_MEMORY_BUDGET = 64 * 2**20
+
+
+def roi_for_model(roi, n: int):
+    """The model takes n x n: an ROI of k * n pixels is binned k x k down to it."""
+    if roi.size == n:
+        return roi
+    if roi.size % n == 0 and roi.binning in (1, roi.size // n):
+        return dataclasses.replace(roi, size=n, binning=roi.size // n)
+    allowed = ", ".join(str(n * k) for k in range(1, 5))
+    raise ConfigError(
+        f"--roi-size {roi.size}: the model takes {n} x {n}; use {allowed}, ... (a multiple of"
+        f" {n} is binned down to {n})"
+    )
+
+
+def _writable(directory: Path) -> None:
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=directory, prefix=".cdistream-write-test-"):
+            pass
+    except OSError as exc:
+        raise ConfigError(
+            f"--archive {directory}: not a writable directory ({exc.strerror})"
+        ) from None
+
+
+def checked(config, n: int):
+    """``config`` with the ROI adapted to the model's size ``n``; :class:`ConfigError` for
+    anything that cannot work."""
+    roi = roi_for_model(config.roi, n)
+    if not 1 <= config.max_batch <= BUCKETS[-1]:
+        raise ConfigError(f"--max-batch {config.max_batch}: allowed 1 to {BUCKETS[-1]}")
+    if config.max_wait_ms < 0:
+        raise ConfigError(f"--max-wait-ms {config.max_wait_ms}: must be 0 or more")
+    if config.queue_size < 1:
+        raise ConfigError(f"--queue-size {config.queue_size}: must be 1 or more")
+    if config.memory_budget < MIN_MEMORY_BUDGET:
+        raise ConfigError(
+            f"--memory-budget {config.memory_budget}: at least {MIN_MEMORY_BUDGET} bytes"
+        )
+    if config.refine_iterations < 1:
+        raise ConfigError(f"--refine-iterations {config.refine_iterations}: at least 1")
+    if config.archive is not None:
+        _writable(Path(config.archive))
+    if config.curve_keys is not None and not os.path.isdir(config.curve_keys):
+        raise ConfigError(
+            f"--curve-keys {config.curve_keys}: not a directory (see docs/security.md)"
+        )
+    return dataclasses.replace(config, roi=roi)
