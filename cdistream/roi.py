@@ -58,6 +58,8 @@ class BadPixels:
 
 
 _scratch = threading.local()
+_MAX_BUFFERS = 16  # per thread: a few frame shapes' worth, so a detector that changes shape
+# series after series never grows memory
 
 
 def _buffer(name: str, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
@@ -66,6 +68,8 @@ def _buffer(name: str, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
     buffers = _scratch.__dict__.setdefault("buffers", {})
     key = (name, shape, dtype.str)
     if key not in buffers:
+        if len(buffers) >= _MAX_BUFFERS:  # a new frame shape: the old shapes' buffers go
+            buffers.clear()
         buffers[key] = np.empty(shape, dtype)
     return buffers[key]
 
