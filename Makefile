@@ -3,6 +3,14 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# EPICS PVA/CA discovery stays on this host for everything make starts (tests, demo, bench)
+export EPICS_PVA_AUTO_ADDR_LIST := NO
+export EPICS_PVA_ADDR_LIST := 127.0.0.1
+export EPICS_PVAS_INTF_ADDR_LIST := 127.0.0.1
+export EPICS_PVAS_AUTO_BEACON_ADDR_LIST := NO
+export EPICS_PVAS_BEACON_ADDR_LIST := 127.0.0.1
+export EPICS_CA_AUTO_ADDR_LIST := NO
+export EPICS_CA_ADDR_LIST := 127.0.0.1
 
 .PHONY: install demo test lint bench models fuzz clean
 

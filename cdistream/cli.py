@@ -22,9 +22,10 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--input", default="tcp://127.0.0.1:9999", help="detector address to connect to")
     p.add_argument(
         "--format",
-        choices=FORMATS,
+        choices=(*FORMATS, "pva"),
         default="native",
-        help="detector stream format; auto recognises it from the first message",
+        help="detector stream format; auto recognises it from the first message; pva reads"
+        " NTNDArrays from the PVA channel named by --input (areaDetector's NDPluginPva)",
     )
     p.add_argument(
         "--socket",
@@ -96,6 +97,20 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
         help="serve Prometheus metrics at http://HOST:PORT/metrics (host: localhost)",
     )
     p.add_argument(
+        "--series-timeout",
+        type=float,
+        default=5.0,
+        metavar="S",
+        help="--format pva: seconds without a frame that end a series (PVA has no end message)",
+    )
+    p.add_argument(
+        "--pva-output",
+        default=None,
+        metavar="PREFIX",
+        help="also publish the latest reconstruction and the status as PVA channels"
+        " PREFIX:amplitude, PREFIX:phase (NTNDArray) and PREFIX:status",
+    )
+    p.add_argument(
         "--curve-keys",
         type=Path,
         default=None,
@@ -151,6 +166,8 @@ def serve(args: argparse.Namespace) -> None:
         max_frame_bytes=args.max_frame_bytes,
         metrics=args.metrics,
         curve_keys=args.curve_keys,
+        pva_output=args.pva_output,
+        series_timeout=args.series_timeout,
     )
     try:
         service = Service(config)

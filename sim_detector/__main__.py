@@ -24,15 +24,17 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--bind", default="tcp://127.0.0.1:9999", help="address to bind")
     p.add_argument(
         "--format",
-        choices=("native", "eiger-v1", "eiger-v2", "adzmq"),
+        choices=("native", "eiger-v1", "eiger-v2", "adzmq", "pva"),
         default="native",
-        help="wire format (DECTRIS stream V1/V2, areaDetector ADZMQ, or cdistream's own)",
+        help="wire format (DECTRIS stream V1/V2, areaDetector ADZMQ, cdistream's own, or pva:"
+        " NTNDArrays on the PVA channel named by --bind, as areaDetector's NDPluginPva)",
     )
     p.add_argument(
         "--compression",
         choices=("none", "lz4", "bslz4"),
         default="bslz4",
-        help="image compression for eiger-v1/eiger-v2 (the others send raw arrays)",
+        help="image compression for eiger-v1/eiger-v2 and pva (adzmq and native send raw"
+        " arrays)",
     )
     p.add_argument(
         "--socket",
@@ -63,7 +65,13 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
 
     socket = args.socket or ("push" if args.format.startswith("eiger") else "pub")
-    with DetectorPublisher(args.bind, socket, None, args.format, args.compression) as pub:
+    if args.format == "pva":
+        from .pva_publisher import PvaPublisher
+
+        publisher = PvaPublisher(args.bind, args.compression)
+    else:
+        publisher = DetectorPublisher(args.bind, socket, None, args.format, args.compression)
+    with publisher as pub:
         logging.info("sim_detector on %s (%s, %s)", pub.address, args.format, socket)
         pub.wait_for_subscriber(args.wait)
         if args.replay:

@@ -18,7 +18,7 @@ from cdistream.wire.formats import make_encoder
 from .frames import DetectorModel
 from .scenario import Scenario
 
-__all__ = ["DetectorPublisher", "SeriesReport", "scenario_frames"]
+__all__ = ["DetectorPublisher", "SeriesReport", "SeriesSender", "scenario_frames"]
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,48 @@ class SeriesReport:
         return self.target_rate is None or self.rate >= 0.95 * self.target_rate
 
 
-class DetectorPublisher:
+class SeriesSender:
+    """Sends whole series through :meth:`send`, which each transport provides."""
+
+    def send(self, message: SeriesStart | Frame | SeriesEnd) -> None:
+        raise NotImplementedError
+
+    def run_series(
+        self,
+        series: int,
+        shape: tuple[int, int],
+        dtype: str,
+        images: Iterable[np.ndarray],
+        rate: float | None = None,
+        mask: np.ndarray | None = None,
+        meta: dict[str, Any] | None = None,
+        count: int | None = None,
+    ) -> SeriesReport:
+        """Start, every image as a frame at ``rate`` frames/s (as fast as possible if None),
+        end. Reports when the rate could not be held. ``count``, when known, is announced."""
+        report = SeriesReport(series, target_rate=rate, meta=dict(meta or {}))
+        if count is not None:
+            report.meta["number_of_images"] = count
+        self.send(SeriesStart(series, shape, dtype, mask, report.meta))
+        interval = 1.0 / rate if rate else 0.0
+        start = time.perf_counter()
+        for i, image in enumerate(images):
+            if interval:
+                delay = start + i * interval - time.perf_counter()
+                if delay > 0:
+                    time.sleep(delay)
+            self.send(Frame(series, i, time.time(), image))
+            report.sent += 1
+        report.seconds = time.perf_counter() - start
+        self.send(SeriesEnd(series, report.sent))
+        if not report.held_rate:
+            log.warning(
+                "series %d: reached %.0f frames/s of the %.0f asked", series, report.rate, rate
+            )
+        return report
+
+
+class DetectorPublisher(SeriesSender):
     """A bound PUB (default) or PUSH socket speaking one of the stream formats (native,
     eiger-v1, eiger-v2, adzmq); ``compression`` (none, lz4, bslz4) applies to the DECTRIS ones."""
 
@@ -87,40 +128,6 @@ class DetectorPublisher:
     def send_raw(self, parts: list[bytes]) -> None:
         """Send arbitrary parts (tests use it to inject malformed messages)."""
         self._sock.send_multipart(parts)
-
-    def run_series(
-        self,
-        series: int,
-        shape: tuple[int, int],
-        dtype: str,
-        images: Iterable[np.ndarray],
-        rate: float | None = None,
-        mask: np.ndarray | None = None,
-        meta: dict[str, Any] | None = None,
-        count: int | None = None,
-    ) -> SeriesReport:
-        """Start, every image as a frame at ``rate`` frames/s (as fast as possible if None),
-        end. Reports when the rate could not be held. ``count``, when known, is announced."""
-        report = SeriesReport(series, target_rate=rate, meta=dict(meta or {}))
-        if count is not None:
-            report.meta["number_of_images"] = count
-        self.send(SeriesStart(series, shape, dtype, mask, report.meta))
-        interval = 1.0 / rate if rate else 0.0
-        start = time.perf_counter()
-        for i, image in enumerate(images):
-            if interval:
-                delay = start + i * interval - time.perf_counter()
-                if delay > 0:
-                    time.sleep(delay)
-            self.send(Frame(series, i, time.time(), image))
-            report.sent += 1
-        report.seconds = time.perf_counter() - start
-        self.send(SeriesEnd(series, report.sent))
-        if not report.held_rate:
-            log.warning(
-                "series %d: reached %.0f frames/s of the %.0f asked", series, report.rate, rate
-            )
-        return report
 
     def close(self) -> None:
         self._sock.close()

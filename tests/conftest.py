@@ -4,6 +4,7 @@ quality), real sockets on 127.0.0.1 with ephemeral ports, and a document sink th
 from __future__ import annotations
 
 import collections
+import os
 import socket
 import sqlite3  # noqa: F401  before TensorFlow, whose own SQLite (no FTS5) would shadow it
 import time
@@ -14,9 +15,11 @@ import pytest
 import zmq
 
 from cdistream import Reconstructor
+from cdistream.service.pva import LOOPBACK_ENV
 from cdistream.wire import unpackb
 
 LOOPBACK = "tcp://127.0.0.1:*"
+os.environ.update(LOOPBACK_ENV)  # PVA and CA discovery on 127.0.0.1 here and in subprocesses
 
 
 @pytest.fixture(scope="session")

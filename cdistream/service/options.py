@@ -55,6 +55,8 @@ def checked(config, n: int):
         raise ConfigError(
             f"--memory-budget {config.memory_budget}: at least {MIN_MEMORY_BUDGET} bytes"
         )
+    if config.series_timeout <= 0:
+        raise ConfigError(f"--series-timeout {config.series_timeout}: must be above 0")
     if config.refine_iterations < 1:
         raise ConfigError(f"--refine-iterations {config.refine_iterations}: at least 1")
     if config.archive is not None:

@@ -1,7 +1,5 @@
-"""The ingest stage: take messages off the detector socket, decode them without copying, cut the
-ROI, and hand frames to the queue. Every message is accounted for here or downstream, and every
-series is closed: by the detector's end message, or here when a new series starts first or the
-service stops (then counted as not ended, with the announced frames that never came)."""
+"""The ZeroMQ detector input: take messages off the detector socket and decode them without
+copying; :class:`~.ingest.Ingest` does the rest (series, accounting, ROI, queue)."""
 
 from __future__ import annotations
 
@@ -9,26 +7,24 @@ import logging
 import threading
 from collections.abc import Callable
 
-import numpy as np
 import zmq
 
-from cdistream.roi import BadPixels, RoiConfig, RoiRejected, extract
-from cdistream.wire import DecodeError, Frame, SeriesEnd, SeriesStart
+from cdistream.roi import RoiConfig
+from cdistream.wire import DecodeError
 from cdistream.wire.checks import MAX_FRAME_BYTES
 from cdistream.wire.formats import Decoder
 
 from .accounting import Accounting
 from .connection import ConnectionWatch
-from .queue import FrameItem, FrameQueue, Rejection, RunEnd, RunStart
+from .ingest import DEFAULT_MAX_FRAME_BYTES, Ingest
+from .queue import FrameQueue
 
-__all__ = ["Receiver"]
+__all__ = ["DEFAULT_MAX_FRAME_BYTES", "Receiver"]
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MAX_FRAME_BYTES = 8 * 2**20  # a 4-Mpixel 16-bit frame (EIGER2 4M)
 
-
-class Receiver:
+class Receiver(Ingest):
     """Connects to the detector (SUB or PULL), decodes with ``decoder`` and feeds a
     :class:`FrameQueue`. ``buffer_bytes`` bounds what ZeroMQ may hold for us: the socket's
     high-water mark is ``buffer_bytes / max_frame_bytes`` messages, set before it connects
@@ -49,10 +45,12 @@ class Receiver:
         secure: Callable[[zmq.Socket], None] | None = None,
         max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
     ):
+        super().__init__(
+            roi, queue, accounting, getattr(decoder, "first_frame", 0), max_frame_bytes
+        )
         self._ctx = context or zmq.Context.instance()
         self._sock = self._ctx.socket({"sub": zmq.SUB, "pull": zmq.PULL}[socket])
         self._sock.linger = 0
-        self._buffer_bytes, self._max_frame_bytes = buffer_bytes, max_frame_bytes
         self._sock.rcvhwm = max(4, buffer_bytes // max(max_frame_bytes, 1))
         # a peer sending a larger part than any valid frame is cut off by ZeroMQ itself,
         # before the part is ever allocated here
@@ -63,13 +61,7 @@ class Receiver:
             secure(self._sock)
         self.connection = ConnectionWatch(self._sock, socket, accounting)
         self._sock.connect(address)
-        self._decoder, self._roi, self._queue, self._acct = decoder, roi, queue, accounting
-        self._first_frame = getattr(decoder, "first_frame", 0)
-        self._series: SeriesStart | None = None
-        self._run = 0  # the current run's number; 0 before the first series
-        self._bad: BadPixels | None = None  # the series' mask, ready for the ROI
-        self._saturation: float | None = roi.saturation
-        self._last_frame = -1
+        self._decoder = decoder
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="cdistream-receiver", daemon=True)
 
@@ -86,8 +78,7 @@ class Receiver:
         self._thread.join()
         self.connection.close()
         self._sock.close(linger=0)
-        if self._series is not None:
-            self._finish(SeriesEnd(self._series.series, None, complete=False, reason=reason))
+        self.close_series(reason)
 
     def _loop(self) -> None:
         poller = zmq.Poller()
@@ -102,128 +93,13 @@ class Receiver:
                 try:
                     self.handle(parts)
                 except Exception:  # a bug must cost one message, never the service
-                    log.exception("could not process a message")
-                    self._acct.received(self._scope(None))
-                    self._acct.rejected(self._scope(None), "internal_error")
-
-    def _scope(self, series: int | None) -> int | None:
-        """The run a message of ``series`` counts in: the open one if it is that series'."""
-        if self._series is not None and series in (None, self._series.series):
-            return self._run
-        return None
-
-    def _reject(
-        self, run: int | None, reason: str, detail: str, frame: int | None = None
-    ) -> None:
-        self._acct.rejected(run, reason)
-        count = self._acct.total.rejected[reason]
-        if count & (count - 1) == 0:  # log the 1st, 2nd, 4th, 8th ... of each reason
-            log.warning("rejected (%s, %d so far): %s", reason, count, detail)
-        if frame is not None and run is not None:
-            self._queue.put(Rejection(run, frame, reason))
+                    self.internal_error()
 
     def handle(self, parts: list) -> None:
         """Process one multipart message (public so the benchmark can drive it directly)."""
         try:
             messages = self._decoder.decode(parts)
         except DecodeError as exc:
-            run = self._scope(exc.series)
-            self._acct.received(run)
-            self._reject(run, exc.reason, str(exc), exc.frame)
-            if exc.frame is not None and run is not None:
-                self._count_arrival(exc.frame)  # received, so no gap
+            self.rejected(exc)
             return
-        for message in messages:
-            if isinstance(message, Frame):
-                self._frame(message)
-            elif isinstance(message, SeriesStart):
-                self._begin(message)
-            else:
-                self._end(message)
-
-    def _count_arrival(self, frame: int) -> None:
-        if self._last_frame < 0 and frame > self._first_frame:
-            self._acct.missing_before_first(self._run, frame - self._first_frame)
-        elif self._last_frame >= 0 and frame > self._last_frame + 1:
-            self._acct.gaps(self._run, frame - self._last_frame - 1)
-        self._last_frame = max(self._last_frame, frame)
-
-    def _frame(self, frame: Frame) -> None:
-        if self._series is None or self._series.series != frame.series:
-            # joined mid-series (or the start was lost): carry on without a mask, say so
-            start = SeriesStart(
-                frame.series,
-                frame.image.shape,
-                frame.image.dtype.name,
-                None,
-                {"series_start_missed": True},
-            )
-            log.warning("frames of series %d arrived without its start message", frame.series)
-            self._begin(start)
-            self._acct.notice(self._run, "series_start_missed")
-        self._acct.received(self._run)
-        self._count_arrival(frame.frame)
-        expected = self._series.shape
-        if expected is not None and frame.image.shape != expected:
-            detail = f"frame {frame.frame} is {frame.image.shape}, the series {expected}"
-            self._reject(self._run, "wrong_shape", detail, frame.frame)
-            return
-        try:
-            crop = extract(frame.image, self._roi, self._bad, self._saturation)
-        except RoiRejected as exc:
-            self._reject(self._run, exc.reason, f"frame {frame.frame}: {exc}", frame.frame)
-            return
-        except Exception as exc:  # numpy on hostile data: reject the frame, keep serving
-            self._reject(self._run, "roi_error", f"frame {frame.frame}: {exc!r}", frame.frame)
-            return
-        self._queue.put(FrameItem(self._run, frame.series, frame.frame, frame.timestamp, crop))
-
-    def _begin(self, start: SeriesStart) -> None:
-        if self._series is not None:  # the previous series never ended: end it here
-            why = f"series {start.series} started before series {self._series.series} ended"
-            self._finish(SeriesEnd(self._series.series, None, complete=False, reason=why))
-        self._run += 1
-        self._series, self._last_frame = start, -1
-        self._bad = None if start.mask is None else BadPixels.from_mask(start.mask)
-        meta = start.meta or {}
-        self._saturation = self._roi.saturation
-        announced = meta.get("saturation_value")
-        if self._saturation is None and isinstance(announced, int | float) and announced > 0:
-            self._saturation = float(announced)
-        images = meta.get("number_of_images")
-        if isinstance(images, int) and not isinstance(images, bool) and images >= 0:
-            self._acct.announced(self._run, images)
-        if start.shape is not None and start.dtype is not None:
-            try:
-                frame_bytes = int(np.prod(start.shape)) * np.dtype(start.dtype).itemsize
-            except (TypeError, ValueError):
-                frame_bytes = 0
-            if frame_bytes > self._max_frame_bytes:
-                log.warning(
-                    "series %d sends %d-byte frames, above --max-frame-bytes %d: the detector"
-                    " socket may buffer more than the memory budget; restart with a larger"
-                    " --max-frame-bytes", start.series, frame_bytes, self._max_frame_bytes,
-                )
-        self._queue.put(RunStart(self._run, start))
-
-    def _end(self, end: SeriesEnd) -> None:
-        if self._series is None or self._series.series != end.series:
-            self._acct.received(None)
-            self._reject(None, "end_without_start", f"end of series {end.series}")
-            return
-        self._finish(end)
-
-    def _finish(self, end: SeriesEnd) -> None:
-        """Count the frames that never came, queue the run's end, forget the series."""
-        announced = self._acct.snapshot(self._run)["announced"]
-        expected = announced if announced is not None else end.frames
-        if expected is not None:
-            after = expected - (self._last_frame + 1 - self._first_frame)
-            if self._last_frame < 0:  # nothing arrived: all of it is missing, from the start
-                after = expected
-            if after > 0:
-                self._acct.missing_after_last(self._run, after)
-        if not end.complete:
-            self._acct.notice(self._run, "series_not_ended")
-        self._queue.put(RunEnd(self._run, end))
-        self._series, self._last_frame = None, -1
+        self.messages(messages)

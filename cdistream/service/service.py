@@ -27,6 +27,7 @@ from cdistream.roi import RoiConfig
 from cdistream.wire import SeriesEnd
 from cdistream.wire.documents_safe import document_safe
 from cdistream.wire.formats import DEFAULT_SOCKET, make_decoder
+from cdistream.wire.ntndarray import NAME as PVA_FORMAT
 
 from .accounting import Accounting, CountsDict
 from .archive import ArchiveError, RunArchive
@@ -34,6 +35,8 @@ from .documents import RunComposer
 from .feedback import FeedbackPublisher
 from .metrics import ServiceMetrics
 from .options import checked
+from .pva_input import PvaReceiver
+from .pva_output import PvaOutput
 from .queue import FrameItem, FrameQueue, Rejection, RunEnd, RunStart
 from .receiver import DEFAULT_MAX_FRAME_BYTES, Receiver
 from .security import Curve, is_loopback
@@ -53,7 +56,7 @@ class ServiceConfig:
     """Everything ``cdistream serve`` takes on its command line."""
 
     input: str = "tcp://127.0.0.1:9999"
-    format: str = "native"  # or eiger-v1, eiger-v2, adzmq, auto (see cdistream.wire.formats)
+    format: str = "native"  # or eiger-v1, eiger-v2, adzmq, auto, pva (cdistream.wire.formats)
     socket: str | None = None  # sub or pull; None: what the format's senders use
     channel: str | None = None  # stream V2 channel; None: the first the detector lists
     feedback: str = "tcp://127.0.0.1:5577"
@@ -70,6 +73,8 @@ class ServiceConfig:
     metrics: str | None = None  # host:port for Prometheus; None: no endpoint
     curve_keys: Path | None = None  # CURVE key directory (docs/security.md)
     max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES  # sizes the detector socket's buffer
+    pva_output: str | None = None  # PVA channel prefix for live images and status; None: off
+    series_timeout: float = 5.0  # pva input: seconds without a frame that end a series
 
 
 @dataclass
@@ -104,6 +109,7 @@ class Service:
         self._queue = FrameQueue(capacity, self._dropped)
         self._dropped_notices: list[Rejection] = []
         self._notice_lock = threading.Lock()
+        self.pva_output = PvaOutput(config.pva_output) if config.pva_output else None
         self.curve = Curve(self.config.curve_keys, self._ctx) if self.config.curve_keys else None
         try:
             self.feedback = FeedbackPublisher(
@@ -137,34 +143,49 @@ class Service:
         """Warm the networks up, then connect to the detector and start working."""
         self.reconstructor.warm_up()
         self._full_batch_s = self._time_full_batch()
-        self.decoder = make_decoder(self.config.format, self.config.channel)
-        socket = self.config.socket or DEFAULT_SOCKET[self.config.format]
-        self._receiver = Receiver(
-            self.config.input,
-            socket,
-            self.decoder,
-            self.config.roi,
-            self._queue,
-            self.accounting,
-            self._ctx,
-            buffer_bytes=int(_SHARES["receive"] * self.config.memory_budget),
-            secure=self.curve.client if self.curve else None,
-            max_frame_bytes=self.config.max_frame_bytes,
-        )
+        self._receiver = self._input()
         self._receiver.start()
         self._worker.start()
         metrics = self.metrics.serve(self.config.metrics) if self.config.metrics else "off"
         log.info(
-            "serving %s (%s, %s) -> %s on %s with %s; metrics %s",
+            "serving %s (%s) -> %s on %s with %s; metrics %s",
             self.config.input,
             self.config.format,
-            socket,
             self.feedback.address,
             self.reconstructor.device,
             self.reconstructor.source,
             metrics,
         )
         return self
+
+    def _input(self) -> Receiver | PvaReceiver:
+        """The detector input: a PVA channel monitor, or a ZeroMQ socket with its decoder."""
+        buffer_bytes = int(_SHARES["receive"] * self.config.memory_budget)
+        if self.config.format == PVA_FORMAT:
+            pva = PvaReceiver(
+                self.config.input,
+                self.config.roi,
+                self._queue,
+                self.accounting,
+                buffer_bytes=buffer_bytes,
+                max_frame_bytes=self.config.max_frame_bytes,
+                idle_s=self.config.series_timeout,
+            )
+            self.decoder = pva.decoder
+            return pva
+        self.decoder = make_decoder(self.config.format, self.config.channel)
+        return Receiver(
+            self.config.input,
+            self.config.socket or DEFAULT_SOCKET[self.config.format],
+            self.decoder,
+            self.config.roi,
+            self._queue,
+            self.accounting,
+            self._ctx,
+            buffer_bytes=buffer_bytes,
+            secure=self.curve.client if self.curve else None,
+            max_frame_bytes=self.config.max_frame_bytes,
+        )
 
     def stop(self) -> CountsDict:
         """Stop receiving, close the open series, reconstruct what is queued, close sockets."""
@@ -176,6 +197,8 @@ class Service:
         if self._open is not None:  # the worker died: close what it left open
             self._close_run("abort", ["the service stopped"])
         self.metrics.close()
+        if self.pva_output is not None:
+            self.pva_output.close()
         self.feedback.close()
         self._close_curve()
         self.stopped.set()
@@ -328,6 +351,22 @@ class Service:
         self.metrics.last_frame.set(max(i.timestamp for i in batch))
         if current is not None and current.archive is not None:
             self._archive(current, batch, result, refined, trusted)
+        if self.pva_output is not None:
+            self._show(batch, result, refined, trusted, now)
+
+    def _show(self, batch: list[FrameItem], result, refined, trusted, now: float) -> None:
+        """The batch's last reconstruction and the counts on the PVA channels; a failure here
+        costs the display, never the run (logged, counted as ``pva_output_failed``)."""
+        last = batch[-1]
+        try:
+            self.pva_output.publish(
+                last.frame, last.series, result.amplitude[-1], result.phase[-1],
+                float(result.chi2[-1]), bool(trusted[-1]), bool(refined[-1]), last.timestamp,
+            )
+            self.pva_output.status(self.accounting.snapshot(), now - last.timestamp, last.frame)
+        except Exception:
+            log.exception("the PVA output failed")
+            self.accounting.notice(last.run, "pva_output_failed")
 
     def _archive(self, current: _Run, batch, result, refined, trusted) -> None:
         """Archive a published batch; a failure is counted per frame as ``archive_failed``

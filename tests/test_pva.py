@@ -1,0 +1,182 @@
+"""PVAccess: NTNDArray decoding from structures built as pvapy delivers them (plain dicts, the
+compressed payloads made by the reference libraries, not by our encoder), hostile updates, and
+``cdistream serve --format pva --pva-output`` against ``sim_detector --format pva`` as
+processes on loopback (conftest keeps EPICS discovery on 127.0.0.1)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import bitshuffle
+import lz4.block
+import numpy as np
+import pytest
+
+from cdistream.physics import compare
+from cdistream.wire import DecodeError, Frame, SeriesEnd, SeriesStart
+from cdistream.wire.ntndarray import Decoder
+from sim_detector import DetectorModel, DetectorPublisher, Scenario, scenario_frames
+
+from .conftest import LOOPBACK, DocumentSink, free_port, validate
+from .test_serve_process import stop
+from .test_service import start_service
+
+IMAGE = np.arange(48 * 64, dtype=np.uint16).reshape(48, 64) % 5000
+
+
+def ntnd(image=IMAGE, uid=1, codec="", attrs=(), **fields) -> dict:
+    """An NTNDArray as pvapy hands it over: dimension [x, y], unions as ({name: value}, ...)."""
+    rows, cols = image.shape
+    value = {"ushortValue": image.reshape(-1)}
+    params = None
+    if codec == "lz4":
+        value = {"ubyteValue": np.frombuffer(lz4.block.compress(image.tobytes(),
+                                                                 store_size=False), np.uint8)}
+        params = 6  # pvUShort
+    elif codec == "bslz4":
+        value = {"ubyteValue": bitshuffle.compress_lz4(image, 0).view(np.uint8)}
+        params = 6
+    pv = {
+        "value": (value, {}),
+        "codec": {"name": codec, "parameters": ({"value": params}, {})},
+        "uncompressedSize": image.nbytes,
+        "dimension": [{"size": cols, "offset": 0, "fullSize": cols, "binning": 1},
+                      {"size": rows, "offset": 0, "fullSize": rows, "binning": 1}],
+        "uniqueId": uid,
+        "dataTimeStamp": {"secondsPastEpoch": 1_700_000_000, "nanoseconds": 500_000_000},
+        "attribute": [{"name": k, "value": ({"value": v}, {})} for k, v in attrs],
+    }
+    pv.update(fields)
+    return pv
+
+
+@pytest.mark.parametrize("codec", ["", "lz4", "bslz4"])
+def test_ntndarray_frames_decode_as_areadetector_sends_them(codec):
+    messages = Decoder().decode(ntnd(codec=codec, attrs=[("series", 4), ("exposure", 0.5)]))
+    start, frame = messages
+    assert isinstance(start, SeriesStart) and start.series == 4
+    assert start.meta["ndattr"] == {"series": 4, "exposure": 0.5}
+    assert isinstance(frame, Frame) and frame.frame == 1
+    np.testing.assert_array_equal(frame.image, IMAGE)  # (y, x) from dimension [x, y]
+    assert frame.timestamp == pytest.approx(1_700_000_000.5)
+
+
+def test_series_follow_the_unique_id_and_end_when_quiet():
+    dec = Decoder(idle_s=1.0)
+    kinds = [type(m).__name__ for uid in (1, 2, 3, 1, 2) for m in dec.decode(ntnd(uid=uid))]
+    assert kinds == ["SeriesStart", "Frame", "Frame", "Frame",
+                     "SeriesEnd", "SeriesStart", "Frame", "Frame"]
+    assert dec.idle(time.monotonic()) == []
+    (end,) = dec.idle(time.monotonic() + 2)
+    assert isinstance(end, SeriesEnd) and end.series == 2
+
+
+@pytest.mark.parametrize(
+    "pv, reason",
+    [
+        ({"value": 1}, "malformed"),
+        (ntnd(uid=-3), "wrong_type"),
+        (ntnd(uid="7"), "wrong_type"),
+        (ntnd(dimension=[{"size": 64}]), "bad_shape"),
+        (ntnd(dimension=[{"size": 64}, {"size": 47}]), "wrong_size"),
+        (ntnd(value=({"booleanValue": np.zeros(10, bool)}, {})), "bad_dtype"),
+        (ntnd(codec="jpeg"), "bad_dtype"),
+        (ntnd(codec="bslz4", uncompressedSize=10**12), "bad_compressed_size"),
+        (ntnd(codec="lz4", value=({"ubyteValue": np.full(100, 7, np.uint8)}, {})),
+         "corrupt_compressed"),
+        (ntnd(codec="bslz4", value=({"ubyteValue": np.full(100, 7, np.uint8)}, {})),
+         "corrupt_compressed"),
+        (ntnd(codec="lz4", uncompressedSize=1), "bad_compressed_size"),
+    ],
+)
+def test_hostile_updates_are_named_rejections(pv, reason):
+    with pytest.raises(DecodeError) as err:
+        Decoder().decode(pv)
+    assert err.value.reason == reason
+
+
+def test_unknown_codec_with_a_known_type_is_named():
+    pv = ntnd(codec="blosc")
+    pv["codec"] = {"name": "blosc", "parameters": ({"value": 6}, {})}
+    pv["value"] = ({"ubyteValue": np.zeros(10, np.uint8)}, {})
+    with pytest.raises(DecodeError) as err:
+        Decoder().decode(pv)
+    assert err.value.reason == "unknown_encoding"
+
+
+DET = DetectorModel((256, 256), "uint16", 2e4, seed=7)  # as `sim_detector --seed 7` makes it
+FRAMES = 200
+
+
+def _zmq_iou(shipped, context, sim) -> float:
+    """The same series over ZeroMQ (stream V2), scored against the truth."""
+    with DetectorPublisher(LOOPBACK, "push", context, "eiger-v2", "bslz4") as pub:
+        service, sink = start_service(shipped, context, pub, format="eiger-v2", socket="pull")
+        try:
+            pub.run_series(1, DET.shape, DET.dtype, scenario_frames(sim, DET, FRAMES, 7), 400,
+                           DET.mask(), DET.metadata(), FRAMES)
+            sink.collect(timeout=120)
+        finally:
+            service.stop()
+    events = sink.events()
+    recon = np.stack([e["data"]["amplitude"] * np.exp(1j * e["data"]["phase"]) for e in events])
+    truth = np.stack([sim.truth(e["data"]["frame"]).obj for e in events])
+    return float(np.median(compare(recon, truth).iou))
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_serve_reads_a_pva_detector_and_shows_on_pva(shipped, context, tmp_path):
+    import pvaccess as pva
+
+    channel, prefix = f"cdi:test{free_port()}:image", f"cdi:test{free_port()}:recon"
+    feedback = f"tcp://127.0.0.1:{free_port()}"
+    log = tmp_path / "serve.log"
+    with log.open("w") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "cdistream", "serve", "--format", "pva", "--input", channel,
+             "--feedback", feedback, "--pva-output", prefix, "--series-timeout", "2"],
+            stdout=subprocess.PIPE, stderr=err, text=True,
+        )
+    try:
+        sink = DocumentSink(context, feedback)
+        deadline = time.monotonic() + 120
+        while "serving" not in log.read_text():
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-2000:]
+            time.sleep(0.2)
+        detector = subprocess.run(
+            [sys.executable, "-m", "sim_detector", "--format", "pva", "--bind", channel,
+             "--frames", str(FRAMES), "--rate", "100", "--shape", "256x256", "--photons", "2e4",
+             "--scenario", "operando", "--seed", "7", "--drift", "0.3", "--compression", "bslz4",
+             "--wait", "5"],
+            capture_output=True, text=True, timeout=120,
+        )
+        assert detector.returncode == 0, detector.stderr[-2000:]
+        sink.collect(timeout=60)  # the series ends 2 s after its last frame
+        last_event = sink.events()[-1]
+        amplitude = pva.Channel(f"{prefix}:amplitude").get("field()")
+        phase = pva.Channel(f"{prefix}:phase").get("field()")
+        status = pva.Channel(f"{prefix}:status").get("field()")
+    finally:
+        counts = stop(proc)
+    validate(sink.docs)
+    events = sink.events()
+    assert [e["data"]["frame"] for e in events] == list(range(1, FRAMES + 1)), "uniqueId 1.."
+    assert counts["received"] == FRAMES == counts["reconstructed"]
+    assert sink.of("stop")[0]["exit_status"] == "success"
+    # the operator's images are the last frame's reconstruction, as in the Bluesky event
+    for pv, key in ((amplitude, "amplitude"), (phase, "phase")):
+        attrs = {a["name"]: a["value"][0]["value"] for a in pv["attribute"]}
+        assert pv["uniqueId"] == attrs["frame"] == last_event["data"]["frame"] == FRAMES
+        assert attrs["chi2"] == pytest.approx(last_event["data"]["chi2"])
+        image = pv["value"][0]["floatValue"].reshape(32, 32)
+        np.testing.assert_allclose(image, last_event["data"][key], atol=1e-6)
+    assert status["reconstructed"] == FRAMES and status["last_frame"] == FRAMES
+    # quality as over ZeroMQ: the same series, the same truth (uniqueId = frame + 1)
+    sim = Scenario("operando", 7, FRAMES, DET.shape, drift=0.3)
+    recon = np.stack([e["data"]["amplitude"] * np.exp(1j * e["data"]["phase"]) for e in events])
+    truth = np.stack([sim.truth(e["data"]["frame"] - 1).obj for e in events])
+    pva_iou = float(np.median(compare(recon, truth).iou))
+    assert abs(pva_iou - _zmq_iou(shipped, context, sim)) <= 0.02
