@@ -60,7 +60,7 @@ def _parser() -> argparse.ArgumentParser:
 def _precision(choice: str) -> str:
     if choice != "auto":
         return choice
-    from cdistream.inference.reconstructor import cpu_has_bfloat16
+    from cdistream.inference.device import cpu_has_bfloat16
 
     return "mixed_bfloat16" if cpu_has_bfloat16() else "float32"
 

@@ -20,6 +20,7 @@ from scipy.ndimage import binary_dilation
 from cdistream.errors import InvalidPatternError, ModelLoadError
 from cdistream.physics import fit_ramp, phase_retrieval
 
+from .device import bf16_native, run_split_on_oom
 from .result import SUPPORT_THRESHOLD, Reconstruction, finish, normalise_amplitude
 from .tf import tensorflow
 
@@ -61,21 +62,6 @@ def validate_magnitudes(magnitudes: np.ndarray, n: int) -> np.ndarray:
     if empty.any():
         raise InvalidPatternError(f"pattern(s) {np.flatnonzero(empty).tolist()} hold no signal")
     return m
-
-
-def cpu_has_bfloat16() -> bool:
-    """True on a CPU with bfloat16 dot products (AVX512-BF16 or AMX); elsewhere bfloat16 would
-    be emulated, and slower than float32."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return " avx512_bf16" in flags or " amx_bf16" in flags
-
-
-def _bf16_capable() -> bool:
-    """True on a GPU or a bfloat16-capable CPU, where bfloat16 halves the networks' time."""
-    return bool(tensorflow().config.list_physical_devices("GPU")) or cpu_has_bfloat16()
 
 
 _FLOAT32_LAYERS = ("features", "scdi_out", "pcdi_out", "scdi", "pcdi")
@@ -123,7 +109,7 @@ class Reconstructor:
         tf = tensorflow()
 
         if precision == "auto":
-            precision = "bfloat16" if _bf16_capable() else "float32"
+            precision = "bfloat16" if bf16_native() else "float32"
         if precision not in ("float32", "bfloat16"):
             raise ValueError(f"precision {precision!r}: float32, bfloat16 or auto")
         self.precision = precision
@@ -192,16 +178,22 @@ class Reconstructor:
         for start in range(0, len(magnitudes), BUCKETS[-1]):
             chunk = magnitudes[start : start + BUCKETS[-1]]
             mask = valid[start : start + BUCKETS[-1]]
-            size = next(b for b in BUCKETS if b >= len(chunk))
-            if size != len(chunk):
-                pad = np.ones((size - len(chunk), self.n, self.n), np.float32)
-                chunk = np.concatenate([chunk, pad])
-                mask = np.concatenate([mask, pad])
-            amp, phase = self._fns[size](chunk, mask)
-            k = min(len(magnitudes) - start, size)
-            amps.append(amp.numpy()[:k])
-            phases.append(phase.numpy()[:k])
+            amp, phase = run_split_on_oom(self._run_bucket, chunk, mask)
+            amps.append(amp)
+            phases.append(phase)
         return np.concatenate(amps), np.concatenate(phases)
+
+    def _run_bucket(self, chunk: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """At most ``BUCKETS[-1]`` patterns through the traced function of the smallest bucket
+        that holds them (padded with ones, cut back after)."""
+        k = len(chunk)
+        size = next(b for b in BUCKETS if b >= k)
+        if size != k:
+            pad = np.ones((size - k, self.n, self.n), np.float32)
+            chunk = np.concatenate([chunk, pad])
+            mask = np.concatenate([mask, pad])
+        amp, phase = self._fns[size](chunk, mask)
+        return amp.numpy()[:k], phase.numpy()[:k]
 
     def reconstruct(
         self, magnitudes: np.ndarray, refine: int = 0, valid: np.ndarray | None = None

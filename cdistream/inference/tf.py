@@ -1,6 +1,7 @@
 """TensorFlow, imported and first asked for its devices without the C++ start-up lines it
 writes straight to file descriptor 2 (oneDNN notices, CUDA probing, absl's preamble), which
-``TF_CPP_MIN_LOG_LEVEL`` no longer silences. ``CDISTREAM_TF_LOGS=1`` (``cdistream -v``) keeps
+``TF_CPP_MIN_LOG_LEVEL`` no longer silences; memory growth is set on every GPU before anything
+initialises them. ``CDISTREAM_TF_LOGS=1`` (``cdistream -v``) keeps
 them. Called before the service starts its threads, so no log line of ours is lost."""
 
 from __future__ import annotations
@@ -35,5 +36,9 @@ def tensorflow():
     with _native_stderr_silenced():
         import tensorflow as tf
 
-        tf.config.list_physical_devices("GPU")
+        from .device import configure_gpus
+
+        configure_gpus(
+            tf.config.list_physical_devices("GPU"), tf.config.experimental.set_memory_growth
+        )
     return tf
