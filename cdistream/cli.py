@@ -104,6 +104,32 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
         help="--format pva: seconds without a frame that end a series (PVA has no end message)",
     )
     p.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        metavar="N",
+        help="reconstruct in N worker processes (pvapy-hpc-consumer, over PVA) instead of this"
+        " one; docs/scale-out.md",
+    )
+    p.add_argument(
+        "--workers-elsewhere",
+        action="store_true",
+        help="do not start the N workers here: wait for them (`cdistream worker` on any host)",
+    )
+    p.add_argument(
+        "--worker-prefix",
+        default=None,
+        metavar="PREFIX",
+        help="PVA channel prefix of the workers (default cdistream:PID)",
+    )
+    p.add_argument(
+        "--worker-timeout",
+        type=float,
+        default=10.0,
+        metavar="S",
+        help="seconds after which a frame out at a worker is counted lost_in_worker",
+    )
+    p.add_argument(
         "--pva-output",
         default=None,
         metavar="PREFIX",
@@ -168,6 +194,10 @@ def serve(args: argparse.Namespace) -> None:
         curve_keys=args.curve_keys,
         pva_output=args.pva_output,
         series_timeout=args.series_timeout,
+        workers=args.workers,
+        spawn_workers=not args.workers_elsewhere,
+        worker_prefix=args.worker_prefix,
+        worker_timeout=args.worker_timeout,
     )
     try:
         service = Service(config)
@@ -217,8 +247,14 @@ def demo(args: argparse.Namespace) -> None:
 
 
 def bench(args: argparse.Namespace) -> None:
-    from cdistream.bench import format_table, plot_latency, run_bench, write_json
+    from cdistream.bench import format_table, plot_latency, run_bench, run_scaleout, write_json
 
+    if args.workers:
+        results = run_scaleout([int(n) for n in args.workers.split(",")], args.quick, args.models)
+        print(json.dumps(results, indent=1, default=str))  # noqa: T201  (the command's result)
+        if args.json:
+            write_json(results, args.json)
+        return
     results = run_bench(args.quick, args.models)
     print(format_table(results))  # noqa: T201  (the command's result)
     if args.json:
@@ -261,6 +297,20 @@ def view(args: argparse.Namespace) -> None:
         print(f"{shown.accepted} reconstructions; wrote {args.save}")  # noqa: T201
 
 
+def worker(args: argparse.Namespace) -> None:
+    """``pvapy-hpc-consumer`` running cdistream's processor: exec'd, so signals reach it."""
+    from cdistream.service.pva_pool import consumer_command
+
+    command = consumer_command(args.prefix, args.id, {
+        "models": str(args.models) if args.models else None,
+        "max_batch": args.max_batch,
+        "max_wait_ms": args.max_wait_ms,
+        "refine_above": args.refine_above,
+        "refine_iterations": args.refine_iterations,
+    })
+    os.execv(command[0], command)
+
+
 def keys(args: argparse.Namespace) -> None:
     from cdistream.service.security import create_keys
 
@@ -292,6 +342,8 @@ def main(argv: list[str] | None = None) -> None:
     b.add_argument("--json", type=Path, default=None, help="write the results here")
     b.add_argument("--plot", type=Path, default=None, help="PNG of latency against input rate")
     b.add_argument("--models", type=Path, default=None)
+    b.add_argument("--workers", default=None, metavar="N,M",
+                   help="only the scale-out: saturated throughput with N, M ... PVA workers")
     r = sub.add_parser("reconstruct", help="reconstruct frames saved in files (HDF5)")
     r.add_argument("inputs", nargs="+", metavar="INPUT",
                    help="DECTRIS master file, FILE.h5::/dataset, or a cdistream archive")
@@ -311,6 +363,14 @@ def main(argv: list[str] | None = None) -> None:
     v.add_argument("--timeout", type=float, default=60.0, help="with --save: at most seconds")
     v.add_argument("--curve-secret", type=Path, default=None, help="this client's .key_secret")
     v.add_argument("--curve-server", type=Path, default=None, help="the service's server.key")
+    w = sub.add_parser("worker", help="one reconstruction worker for `serve --workers` (PVA)")
+    w.add_argument("prefix", help="the serving process's --worker-prefix")
+    w.add_argument("id", type=int, help="this worker's number, 1 to N")
+    w.add_argument("--models", type=Path, default=None)
+    w.add_argument("--max-batch", type=int, default=32)
+    w.add_argument("--max-wait-ms", type=float, default=5.0)
+    w.add_argument("--refine-above", type=float, default=None, metavar="CHI2")
+    w.add_argument("--refine-iterations", type=int, default=REFINE_ITERATIONS)
     k = sub.add_parser("keys", help="make CURVE key pairs for --curve-keys")
     k.add_argument("directory", type=Path)
     k.add_argument("--client", action="append", default=[], help="a client to admit (repeat)")
@@ -323,5 +383,5 @@ def main(argv: list[str] | None = None) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     commands = {"serve": serve, "demo": demo, "bench": bench, "keys": keys,
-                "reconstruct": reconstruct, "view": view}
+                "reconstruct": reconstruct, "view": view, "worker": worker}
     commands[args.command](args)

@@ -17,7 +17,7 @@ from cdistream.files import open_source
 from cdistream.inference import Reconstructor
 from cdistream.inference.gate import REFINE_ABOVE
 from cdistream.inference.registration import SeriesRegistration
-from cdistream.roi import BadPixels, RoiConfig, RoiRejected, extract
+from cdistream.roi import BadPixels, PeakTracker, RoiConfig, RoiRejected, extract
 from cdistream.service.archive import RunArchive
 from cdistream.wire.documents_safe import document_safe
 
@@ -101,6 +101,7 @@ def reconstruct_files(
         number = 0
         for source in sources:
             bad = BadPixels.from_mask(source.mask) if source.mask is not None else None
+            tracker = PeakTracker()  # one file, one series: the peak moves little
             saturation = roi.saturation or source.meta.get("saturation_value")
             for block, valid in source.frames():
                 for k, image in enumerate(block):
@@ -111,7 +112,7 @@ def reconstruct_files(
                             mask = valid[k] if valid is not None else np.ones_like(counts, bool)
                             pending.append((number, counts * mask, mask, (0, 0), 0))
                         else:
-                            crop = extract(image, roi, bad, saturation)
+                            crop = extract(image, roi, bad, saturation, tracker)
                             pending.append(
                                 (number, crop.counts, crop.valid, (crop.peak_row, crop.peak_col),
                                  crop.saturated)

@@ -11,7 +11,15 @@ from scipy.ndimage import maximum_filter
 
 from cdistream.errors import Rejected
 
-__all__ = ["BadPixels", "Crop", "RoiConfig", "RoiRejected", "extract", "find_peak"]
+__all__ = [
+    "BadPixels",
+    "Crop",
+    "PeakTracker",
+    "RoiConfig",
+    "RoiRejected",
+    "extract",
+    "find_peak",
+]
 
 
 class RoiRejected(Rejected):
@@ -133,11 +141,88 @@ def _outliers(window: np.ndarray, valid: np.ndarray) -> np.ndarray:
     return hot
 
 
+def _prepared(
+    image: np.ndarray, bad: BadPixels | None, region: tuple[int, int, int, int] | None = None
+) -> tuple[np.ndarray, int]:
+    """A scratch copy of ``image`` (or of ``region`` = rows r0:r1, cols c0:c1 of it) in which
+    invalid pixels are 0, and the offset its values carry: unsigned data + 1, so the all-ones
+    invalid value wraps round to 0."""
+    if region is None:
+        src, name = image, "work"
+    else:
+        r0, r1, c0, c1 = region
+        src, name = image[r0:r1, c0:c1], "region"
+    work = _buffer(name, src.shape, image.dtype)
+    if image.dtype.kind == "u":
+        offset = 1
+        np.add(src, 1, out=work)
+    else:
+        offset = 0
+        np.copyto(work, src)
+    if bad is not None:
+        if region is None:
+            work.reshape(-1)[bad.index] = 0
+        else:
+            work[bad.mask[r0:r1, c0:c1]] = 0
+    return work, offset
+
+
+@dataclass
+class PeakTracker:
+    """Follows the Bragg peak from frame to frame within one series: the search covers a
+    window of ``reach`` pixels around the last position, and the whole frame when there is no
+    last position, every ``full_every`` frames (a brighter peak elsewhere), when the window's
+    peak is under ``drop`` of the last full search's height (the peak left the window or
+    faded), or when it lies at the window's edge (it is moving out)."""
+
+    reach: int = 24
+    full_every: int = 64
+    drop: float = 0.5
+    last: tuple[int, int] | None = None
+    height: float = 0.0
+    since_full: int = 0
+    full_searches: int = 0
+
+    def reset(self) -> None:
+        self.last, self.height, self.since_full = None, 0.0, 0
+
+    def find(self, image: np.ndarray, bad: BadPixels | None) -> tuple[int, int, float]:
+        if self.last is not None and self.since_full < self.full_every:
+            found = self._in_window(image, bad)
+            if found is not None:
+                self.since_full += 1
+                self.last = found[:2]
+                return found
+        work, offset = _prepared(image, bad)
+        row, col, height = _find_peak(work, offset)
+        self.last, self.height, self.since_full = (row, col), height, 0
+        self.full_searches += 1
+        return row, col, height
+
+    def _in_window(self, image, bad) -> tuple[int, int, float] | None:
+        h, w = image.shape
+        r0, c0 = max(self.last[0] - self.reach, 0), max(self.last[1] - self.reach, 0)
+        r1, c1 = min(self.last[0] + self.reach + 1, h), min(self.last[1] + self.reach + 1, w)
+        if r1 - r0 < 8 or c1 - c0 < 8:
+            return None
+        work, offset = _prepared(image, bad, (r0, r1, c0, c1))
+        row, col, height = _find_peak(work, offset)
+        edge = 4
+        at_edge = (
+            (row < edge and r0 > 0) or (row >= r1 - r0 - edge and r1 < h)
+            or (col < edge and c0 > 0) or (col >= c1 - c0 - edge and c1 < w)
+        )
+        if at_edge or height < self.drop * self.height:
+            return None
+        return r0 + row, c0 + col, height
+
+
 def extract(
     image: np.ndarray,
     config: RoiConfig,
     bad: BadPixels | None = None,
     saturation: float | None = None,
+    tracker: PeakTracker | None = None,
 ) -> Crop:
     """Find the peak, crop (with optional binning) and convert counts to magnitudes.
 
@@ -145,7 +230,8 @@ def extract(
     all-ones value that DECTRIS-style detectors use for gaps and dead pixels; pixels at or
     above ``saturation`` counts (the Bragg peak is where detectors saturate); pixels past the
     detector's edge; isolated hot pixels the mask missed. A binned pixel is valid when all its
-    detector pixels are. Four passes over the frame, no allocation.
+    detector pixels are. With a ``tracker`` the search covers a window around the last frame's
+    peak (see :class:`PeakTracker`), else the whole frame.
 
     Raises :class:`RoiRejected` with reason ``bad_image`` or ``no_peak``.
     """
@@ -153,23 +239,26 @@ def extract(
         raise RoiRejected("bad_image", f"image of shape {image.shape}")
     if bad is not None and bad.shape != image.shape:
         raise RoiRejected("bad_image", f"mask {bad.shape} does not fit image {image.shape}")
-    work = _buffer("work", image.shape, image.dtype)
-    if image.dtype.kind == "u":
-        offset = 1
-        np.add(image, 1, out=work)  # the all-ones invalid value wraps round to 0
+    if image.dtype.kind == "f" and not np.isfinite(image).all():
+        raise RoiRejected("bad_image", "image holds NaN or infinity")
+    if tracker is None:
+        work, offset = _prepared(image, bad)
+        row, col, height = _find_peak(work, offset)
     else:
-        if image.dtype.kind == "f" and not np.isfinite(image).all():
-            raise RoiRejected("bad_image", "image holds NaN or infinity")
-        offset = 0
-        np.copyto(work, image)
-    if bad is not None:
-        work.reshape(-1)[bad.index] = 0
-    row, col, height = _find_peak(work, offset)
+        row, col, height = tracker.find(image, bad)
     if height < config.min_peak:
+        if tracker is not None:
+            tracker.reset()
         raise RoiRejected("no_peak", f"brightest compact peak has {height:.0f} counts")
     b = config.binning
     span = config.size * b
-    window = _window(work, row, col, span, fill=-1)
+    h, w = image.shape
+    top, left = row - span // 2, col - span // 2
+    r0, c0 = max(top, 0), max(left, 0)
+    r1, c1 = min(top + span, h), min(left + span, w)
+    region, offset = _prepared(image, bad, (r0, r1, c0, c1))
+    window = np.full((span, span), -1, np.float32)  # -1: past the detector's edge
+    window[r0 - top : r1 - top, c0 - left : c1 - left] = region
     valid = window >= 0  # on the detector
     if offset:
         valid &= window != 0  # masked or all-ones

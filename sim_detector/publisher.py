@@ -101,7 +101,9 @@ class DetectorPublisher(SeriesSender):
         kind = {"pub": zmq.XPUB, "push": zmq.PUSH}[socket]
         self.kind = socket
         self._sock = self._ctx.socket(kind)
-        self._sock.linger = 2000  # on close, still deliver what is queued (the series end)
+        # on close, still deliver what is queued, the series end included: a PUSH detector
+        # never drops frames (its peer is slow, not gone), a PUB one only waits briefly
+        self._sock.linger = 120_000 if socket == "push" else 2000
         self._sock.sndhwm = 100_000  # a detector buffers, it does not block
         try:
             self._sock.bind(address)

@@ -76,11 +76,12 @@ def test_a_nearly_centrosymmetric_crystal_is_not_flipped_as_its_strain_grows(shi
 
 
 def test_the_gate_refines_every_frame_above_its_threshold(shipped, context):
-    """Within the service's capacity (here 100 frames/s) the gate's time budget holds every
-    flagged frame; past it, the worst go first and the rest are counted (``refine_skipped``),
-    and ``cdistream bench`` measures the latency either way."""
+    """Within the service's capacity with refinement on (here 40 frames/s: most frames of this
+    crystal are flagged, and refining one alone costs about 7 ms on 2 CPU cores) the gate's
+    time budget holds every flagged frame; past it, the worst go first and the rest are
+    counted (``refine_skipped``), and ``cdistream bench`` measures the latency either way."""
     sim = Scenario("operando", 11, FRAMES, DET.shape, drift=0.3, max_strain=4.0)
-    events, scores, flips = _stream(shipped, context, sim, rate=100,
+    events, scores, flips = _stream(shipped, context, sim, rate=40,
                                     refine_above=REFINE_ABOVE)
     refined = np.array([e["data"]["refined"] for e in events])
     trusted = np.array([e["data"]["trusted"] for e in events])

@@ -78,3 +78,43 @@ def test_find_peak_reports_height():
     assert (row, col) == (31, 41) and height == 20  # the dimmer of the best horizontal pair
     frame[29, 42] = 400  # a hot pixel beside the peak does not take it over
     assert find_peak(frame)[:2] == (31, 41)
+
+
+def _series(path, **kw):
+    det = DetectorModel(**kw)
+    rng = np.random.default_rng(5)
+    return det, [det.render(OBJ, r, c, rng) for r, c in path]
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        [(200 + 0.7 * k, 150 + 1.3 * k) for k in range(80)],  # drifting, sub-pixel steps
+        [(200, 150)] * 30 + [(420, 380)] * 30 + [(60, 450)] * 20,  # jumping across the frame
+    ],
+    ids=["drifting", "jumping"],
+)
+def test_tracking_finds_the_same_peak_as_a_full_search(path):
+    from cdistream.roi import PeakTracker
+
+    det, frames = _series(path, hot_pixels=8, gap_rows=4)
+    bad = BadPixels.from_mask(det.mask())
+    tracker = PeakTracker()
+    for frame in frames:
+        tracked = extract(frame, RoiConfig(), bad, tracker=tracker)
+        full = extract(frame, RoiConfig(), bad)
+        assert (tracked.peak_row, tracked.peak_col) == (full.peak_row, full.peak_col)
+        np.testing.assert_array_equal(tracked.counts, full.counts)
+        np.testing.assert_array_equal(tracked.valid, full.valid)
+    assert tracker.full_searches <= len(frames) // 8, "most frames are searched in the window"
+
+
+def test_tracking_reset_after_a_frame_without_peak():
+    from cdistream.roi import PeakTracker
+
+    det, (frame,) = _series([(256, 256)], gap_rows=0, hot_pixels=0)
+    tracker = PeakTracker()
+    extract(frame, RoiConfig(), tracker=tracker)
+    with pytest.raises(RoiRejected):
+        extract(np.zeros_like(frame), RoiConfig(), tracker=tracker)
+    assert tracker.last is None

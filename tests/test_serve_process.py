@@ -223,15 +223,17 @@ def simulate(address: str, series: int, frames: int, rate: float | None) -> dict
 
 @pytest.mark.timeout(400)
 def test_a_stalled_subscriber_under_overload_stays_within_the_budget(context):
-    """At least 2x overload for 60 s; one subscriber stops reading for 10 s of it. The
+    """At least 2x overload for 60 s; the one subscriber stops reading for 10 s of it. The
     service's memory stays under its budget (above what it used before the load), the
     documents the subscriber could not take are counted, the detector (its own process, as at a
     beamline) is never held up, every frame is accounted for.
 
-    The overload is measured, not asked for: 3,000 frames/s is what this 2-core machine's
-    detector process and the service's receiver sustain while the networks take both cores,
-    and under it the service reconstructs well under half (its saturated rate, with nothing
-    else running, is higher: the receiver and the networks share the cores)."""
+    The overload is measured, not asked for: 2,400 frames/s is what this 2-core machine's
+    detector process holds while the service takes both cores, and under it the service (at
+    --max-batch 32) reconstructs under half (its saturated rate, with nothing else running,
+    is higher: the receiver, the detector and the networks share the cores). No subscriber
+    here decodes the events: at these rates a Python one would be the bottleneck; the counts
+    come from the service's own totals less those of the warm-up series."""
     import threading
 
     import zmq
@@ -240,52 +242,49 @@ def test_a_stalled_subscriber_under_overload_stays_within_the_budget(context):
     feedback = f"tcp://127.0.0.1:{free_port()}"
     detector = f"tcp://127.0.0.1:{free_port()}"
     proc = serve("--input", detector, "--socket", "pull", "--feedback", feedback,
-                 "--memory-budget", str(budget), "--max-frame-bytes", "64KiB", "--max-batch", "256")
+                 "--memory-budget", str(budget), "--max-frame-bytes", "64KiB", "--max-batch", "32")
     try:
-        # a consumer that keeps up whatever this process is doing: its I/O thread takes
-        # everything off the wire as it comes (unbounded receive buffer)
-        sink = DocumentSink(context, feedback, rcvhwm=0)
+        sink = DocumentSink(context, feedback)
         simulate(detector, 1, 1000, None)  # warm: the baseline is a working service's
-        sink.collect(stops=1, timeout=120)
+        warm = [d for n, d in sink.collect(stops=1, timeout=120) if n == "stop"][0]["cdistream"]
+        sink.sock.close()
         baseline = _memory(proc.pid, "VmRSS")
         stalled = context.socket(zmq.SUB)
         stalled.linger = 0
         stalled.rcvhwm = 100
         stalled.setsockopt(zmq.SUBSCRIBE, b"")
         stalled.connect(feedback)
-        sink.keep_events = False
-        reading = threading.Event()
+        reading, stopped = threading.Event(), threading.Event()
         reading.set()
 
         def read_then_stall():
             while reading.is_set():
                 if 20 < time.monotonic() - started < 30:  # 10 s without reading
                     time.sleep(0.05)
-                elif stalled.poll(50):
-                    stalled.recv()
+                elif stalled.poll(50) and stalled.recv().split(b" ", 2)[1] == b"stop":
+                    stopped.set()
 
-        rate = 3000.0
+        rate = 2400.0
         count = int(rate * 60)
         started = time.monotonic()
         reader = threading.Thread(target=read_then_stall, daemon=True)
         reader.start()
-        sent: dict = {}
-        detector_process = threading.Thread(
-            target=lambda: sent.update(simulate(detector, 2, count, rate)), daemon=True
-        )
-        detector_process.start()
-        last = sink.collect(stops=2, timeout=240)  # the sink reads all along: a healthy one
+        sent = simulate(detector, 2, count, rate)  # the detector process, to its end
+        assert stopped.wait(120), "the overload run's stop document reached the subscriber"
         peak = _memory(proc.pid, "VmHWM")
-        detector_process.join(timeout=60)
         reading.clear()
         reader.join(timeout=10)
         stalled.close()
     finally:
         counts = stop(proc)
-    overload = [d for n, d in last if n == "stop"][-1]["cdistream"]
-    assert sent["held_rate"], f"the detector was held up: {sent['rate']:.0f} of {rate:.0f}/s"
-    assert overload["received"] == count == accounted_counts(overload)
-    assert overload["received"] >= 2 * overload["reconstructed"], "at least 2x overload"
+    overload = {k: counts[k] - warm[k] for k in ("received", "reconstructed", "dropped",
+                                                 "documents_not_delivered")}
+    overload["rejected"] = sum(counts["rejected"].values()) - sum(warm["rejected"].values())
+    seen = f"{overload}, detector {sent['rate']:.0f} of {rate:.0f}/s"
+    assert sent["held_rate"], f"the detector was held up: {seen}"
+    assert overload["received"] == count, seen
+    assert count == overload["reconstructed"] + overload["rejected"] + overload["dropped"]
+    assert overload["received"] >= 2 * overload["reconstructed"], f"2x overload: {seen}"
     assert overload["dropped"] > 0, "the oldest frames go"
     assert overload["documents_not_delivered"] > 0, "the stalled subscriber's losses, counted"
     assert peak - baseline < budget, f"{(peak - baseline) / 2**20:.0f} MiB above the baseline"

@@ -126,11 +126,13 @@ def end_to_end(
     max_wait_ms: float = 5.0,
     refine_above: float | None = None,
     scenario: str = "static",
+    workers: int = 0,
 ) -> dict:
     """One series through detector -> service -> consumer. Without ``rate`` the detector
     pushes as fast as the pipeline takes (PUSH/PULL back-pressure, nothing lost); with a rate
     it publishes on PUB/SUB like a live detector and the service drops under overload.
-    ``refine_above``: the trust gate's threshold, as ``serve --refine-above``."""
+    ``refine_above``: the trust gate's threshold, as ``serve --refine-above``; ``workers``:
+    reconstruct in that many worker processes over PVA, as ``serve --workers``."""
     socket = "pub" if rate else "push"
     with _detector(frames, rate, socket, shape, scenario=scenario) as address:
         config = ServiceConfig(
@@ -141,6 +143,7 @@ def end_to_end(
             max_wait_ms=max_wait_ms,
             status_interval=3600,
             refine_above=refine_above,
+            workers=workers,
         )
         service = Service(config, rec)
         consumer = _Consumer(service.feedback.address)

@@ -17,7 +17,7 @@ from .compute import baseline_ms, model_throughput, test_patterns
 from .pipeline import end_to_end, ingest_rate
 from .stages import stage_costs
 
-__all__ = ["format_table", "run_bench"]
+__all__ = ["format_table", "run_bench", "run_scaleout"]
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +110,26 @@ def run_bench(quick: bool = False, models: Path | None = None) -> dict:
         "bslz4_uint16_512": ingest_rate(frames, format="eiger-v2", compression="bslz4"),
     }
     results["memory"] = _memory(rec)
+    return results
+
+
+def run_scaleout(workers: list[int], quick: bool = False, models: Path | None = None) -> dict:
+    """Saturated end-to-end throughput with the reconstruction in 1, 2 ... worker processes
+    over PVA (``serve --workers``), beside the in-process service, on this machine."""
+    rec = Reconstructor.load(models)
+    frames = 1500 if quick else 6000
+    results: dict = {"machine": {"cpus": len(os.sched_getaffinity(0)), "device": rec.device,
+                                 "platform": platform.platform(), "quick": quick}}
+    log.info("in-process, saturated")
+    results["in_process"] = end_to_end(rec, frames=frames, shape=(128, 128), max_batch=64)
+    results["workers"] = {}
+    for n in workers:
+        log.info("%d workers over PVA, saturated", n)
+        results["workers"][n] = end_to_end(rec, frames=frames, shape=(128, 128), max_batch=64,
+                                           workers=n)
+    one = results["workers"].get(1, {}).get("frames_per_s")
+    for run in results["workers"].values():
+        run["scaling_vs_1"] = run["frames_per_s"] / one if one else None
     return results
 
 

@@ -11,7 +11,7 @@ import logging
 
 import numpy as np
 
-from cdistream.roi import BadPixels, RoiConfig, RoiRejected, extract
+from cdistream.roi import BadPixels, PeakTracker, RoiConfig, RoiRejected, extract
 from cdistream.wire import DecodeError, Frame, Message, SeriesEnd, SeriesStart
 
 from .accounting import Accounting
@@ -43,6 +43,7 @@ class Ingest:
         self._bad: BadPixels | None = None  # the series' mask, ready for the ROI
         self._saturation: float | None = roi.saturation
         self._last_frame = -1
+        self.tracker = PeakTracker()  # the peak moves little from frame to frame
 
     def close_series(self, reason: str) -> None:
         """End an open series that will never see its end message."""
@@ -117,7 +118,7 @@ class Ingest:
             self._reject(self._run, "wrong_shape", detail, frame.frame)
             return
         try:
-            crop = extract(frame.image, self._roi, self._bad, self._saturation)
+            crop = extract(frame.image, self._roi, self._bad, self._saturation, self.tracker)
         except RoiRejected as exc:
             self._reject(self._run, exc.reason, f"frame {frame.frame}: {exc}", frame.frame)
             return
@@ -132,6 +133,7 @@ class Ingest:
             self._finish(SeriesEnd(self._series.series, None, complete=False, reason=why))
         self._run += 1
         self._series, self._last_frame = start, -1
+        self.tracker.reset()
         self._bad = None if start.mask is None else BadPixels.from_mask(start.mask)
         meta = start.meta or {}
         self._saturation = self._roi.saturation

@@ -7,6 +7,7 @@ and the service goes on with the next series; an error the worker cannot survive
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 import uuid
@@ -22,7 +23,7 @@ from cdistream.errors import ConfigError
 from cdistream.inference import Reconstructor
 from cdistream.inference.gate import REFINE_ABOVE, REFINE_ITERATIONS, TrustGate
 from cdistream.inference.registration import SeriesRegistration
-from cdistream.inference.result import finish
+from cdistream.inference.result import SUPPORT_THRESHOLD, Reconstruction, finish
 from cdistream.roi import RoiConfig
 from cdistream.wire import SeriesEnd
 from cdistream.wire.documents_safe import document_safe
@@ -37,11 +38,15 @@ from .metrics import ServiceMetrics
 from .options import checked
 from .pva_input import PvaReceiver
 from .pva_output import PvaOutput
+from .pva_pool import WorkerPool, consumer_command
 from .queue import FrameItem, FrameQueue, Rejection, RunEnd, RunStart
 from .receiver import DEFAULT_MAX_FRAME_BYTES, Receiver
 from .security import Curve, is_loopback
+from .sequencer import Lost, Sequencer
 
-__all__ = ["Service", "ServiceConfig"]
+__all__ = ["Service", "ServiceConfig", "returned_results"]
+
+WORKERS_READY_S = 180.0  # each worker loads TensorFlow and the model, then traces it
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +80,24 @@ class ServiceConfig:
     max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES  # sizes the detector socket's buffer
     pva_output: str | None = None  # PVA channel prefix for live images and status; None: off
     series_timeout: float = 5.0  # pva input: seconds without a frame that end a series
+    workers: int = 0  # reconstruction workers over PVA (pvapy-hpc-consumer); 0: in this process
+    spawn_workers: bool = True  # start the workers here; False: they run elsewhere
+    worker_prefix: str | None = None  # PVA channel prefix of the workers; None: cdistream:PID
+    worker_timeout: float = 10.0  # seconds before a frame out at a worker counts as lost
+
+
+def returned_results(returned: list[dict]) -> tuple[Reconstruction, np.ndarray]:
+    """What workers returned (:func:`~.pva_worker.result_fields`), as one Reconstruction and
+    the per-frame refined flags."""
+    amplitude = np.stack([r["amplitude"] for r in returned])
+    result = Reconstruction(
+        amplitude,
+        np.stack([r["phase"] for r in returned]),
+        amplitude > SUPPORT_THRESHOLD,
+        np.array([r["chi2"] for r in returned], np.float32),
+        np.stack([r["peak_offset"] for r in returned]),
+    )
+    return result, np.array([r["refined"] for r in returned], bool)
 
 
 @dataclass
@@ -130,6 +153,9 @@ class Service:
         self.gate = TrustGate(threshold, config.refine_iterations)
         self._full_batch_s = 0.0  # measured at start
         self.registration = SeriesRegistration()
+        self.pool: WorkerPool | None = None  # with --workers: made at start
+        self.sequencer = Sequencer(self.config.worker_timeout)
+        self._next_uid = 0
         self.metrics = ServiceMetrics(self.accounting, self._gauges)
         self._receiver: Receiver | None = None
         self._open: _Run | None = None
@@ -143,6 +169,8 @@ class Service:
         """Warm the networks up, then connect to the detector and start working."""
         self.reconstructor.warm_up()
         self._full_batch_s = self._time_full_batch()
+        if self.config.workers:
+            self.pool = self._workers()
         self._receiver = self._input()
         self._receiver.start()
         self._worker.start()
@@ -157,6 +185,27 @@ class Service:
             metrics,
         )
         return self
+
+    def _workers(self) -> WorkerPool:
+        """Start (or await) the workers and wait until each has its model loaded."""
+        prefix = self.config.worker_prefix or f"cdistream:{os.getpid()}"
+        args = {
+            "models": str(self.reconstructor.source),
+            "max_batch": self.config.max_batch,
+            "max_wait_ms": self.config.max_wait_ms,
+            "refine_above": self.config.refine_above,
+            "refine_iterations": self.config.refine_iterations,
+        }
+        pool = WorkerPool(prefix, self.config.workers, args, self.config.spawn_workers)
+        if not self.config.spawn_workers:
+            log.info("waiting for %d workers: %s", self.config.workers,
+                     " ".join(consumer_command(prefix, 1, args)) + " (1 .. N)")
+        try:
+            pool.wait_ready(WORKERS_READY_S if self.config.spawn_workers else 3600)
+        except ConfigError:
+            pool.close()
+            raise
+        return pool
 
     def _input(self) -> Receiver | PvaReceiver:
         """The detector input: a PVA channel monitor, or a ZeroMQ socket with its decoder."""
@@ -196,6 +245,8 @@ class Service:
             self._worker.join()
         if self._open is not None:  # the worker died: close what it left open
             self._close_run("abort", ["the service stopped"])
+        if self.pool is not None:
+            self.pool.close()
         self.metrics.close()
         if self.pva_output is not None:
             self.pva_output.close()
@@ -252,19 +303,51 @@ class Service:
             work = self._queue.get_batch(self.config.max_batch, wait, idle=0.05)
             self._guarded("publish_notices", self._publish_dropped)
             if work is None:
-                if self._stop.is_set() and len(self._queue) == 0:
+                if self._stop.is_set() and len(self._queue) == 0 and not self.sequencer:
                     return
             elif isinstance(work, list):
-                self._batch(work)
-            elif isinstance(work, RunStart):
-                self._guarded("open_run", self._open_run, work)
-            elif isinstance(work, RunEnd):
-                self._guarded("close_run", self._end_run, work)
+                if self.pool is not None:
+                    self._dispatch(work)
+                else:
+                    self._batch(work)
+            elif self.pool is not None:  # after the frames already out at the workers
+                self.sequencer.control(work)
             else:
-                self._guarded("publish_rejection", self._reject, work)
+                self._control(work)
+            if self.pool is not None:
+                self._collect()
             if time.monotonic() >= next_status:
                 log.info("status: %s queued=%d", self.accounting.snapshot(), len(self._queue))
                 next_status = time.monotonic() + self.config.status_interval
+
+    def _control(self, work: RunStart | RunEnd | Rejection) -> None:
+        if isinstance(work, RunStart):
+            self._guarded("open_run", self._open_run, work)
+        elif isinstance(work, RunEnd):
+            self._guarded("close_run", self._end_run, work)
+        else:
+            self._guarded("publish_rejection", self._reject, work)
+
+    # -- workers over PVA ---------------------------------------------------------------------
+    def _dispatch(self, batch: list[FrameItem]) -> None:
+        """Send each frame's pattern to the workers; the sequencer remembers the order."""
+        for item in batch:
+            self._next_uid = self._next_uid % (2**31 - 1) + 1
+            self.pool.submit(self._next_uid, item.crop.magnitudes, item.crop.valid)
+            self.sequencer.sent(item, self._next_uid)
+
+    def _collect(self) -> None:
+        """Publish, in the detector's order, what the workers returned or lost."""
+        for out in self.sequencer.ready(self.pool.take):
+            if isinstance(out, list):
+                self._batch([item for item, _ in out], [result for _, result in out])
+            elif isinstance(out, Lost):
+                self.pool.forget(out.unique_id)
+                self.accounting.rejected(out.item.run, "lost_in_worker")
+                self._guarded("publish_rejection", self._reject,
+                              Rejection(out.item.run, out.item.frame, "lost_in_worker"))
+            else:
+                self._control(out)
 
     def _guarded(self, stage: str, fn: Callable, *args) -> None:
         """Run a step outside a batch; an error is logged, counted by name, and ends the run
@@ -305,9 +388,13 @@ class Service:
             best = min(best, time.perf_counter() - t0)
         return best
 
-    def _batch(self, batch: list[FrameItem]) -> None:
+    def _batch(self, batch: list[FrameItem], returned: list[dict] | None = None) -> None:
+        """Reconstruct ``batch`` here, or publish what the workers ``returned`` for it."""
         try:
-            self._reconstruct(batch)
+            if returned is None:
+                self._reconstruct(batch)
+            else:
+                self._publish(batch, *returned_results(returned), time.perf_counter())
         except Exception:  # one bad batch must not stop the service: count, go on
             log.exception("inference failed on %d frames", len(batch))
             for item in batch:
@@ -336,6 +423,11 @@ class Service:
             result, refined = outcome.result, outcome.refined
             if outcome.skipped:
                 self.accounting.notice(run, "refine_skipped", outcome.skipped)
+        self._publish(batch, result, refined, started)
+
+    def _publish(self, batch: list[FrameItem], result, refined, started: float) -> None:
+        """Register on the run's previous frame, compose the events, archive, show."""
+        run = batch[0].run
         trusted = result.chi2 <= self.gate.threshold
         result = self.registration.register(result)
         current = self._open if self._open is not None and self._open.run == run else None

@@ -1,0 +1,146 @@
+"""N reconstruction workers behind PVAccess, seen from the ingest process: it hosts the channel
+``PREFIX:frames`` on which it publishes cropped patterns, starts (or, across hosts, expects)
+``pvapy-hpc-consumer`` processes running :class:`~.pva_worker.ReconstructionProcessor` whose
+distributor hands each pattern to one worker in turn, and collects the results from every
+worker's ``PREFIX:worker:K:output``. Ordering and lost frames are the
+:class:`~.sequencer.Sequencer`'s job; this class only moves patterns and results."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from typing import Any
+
+import numpy as np
+
+from cdistream.errors import ConfigError
+
+from .pva import pvaccess
+from .pva_worker import frame_pv, result_fields
+
+__all__ = ["WorkerPool", "consumer_command"]
+
+log = logging.getLogger(__name__)
+
+
+def consumer_command(prefix: str, worker: int, processor_args: dict[str, Any]) -> list[str]:
+    """The command that runs worker ``worker`` (1, 2, ...) on any host that reaches the PVA
+    channels (``docs/scale-out.md``)."""
+    exe = shutil.which("pvapy-hpc-consumer") or os.path.join(
+        os.path.dirname(sys.executable), "pvapy-hpc-consumer"
+    )
+    return [
+        exe,
+        "--input-channel", f"{prefix}:frames",
+        "--output-channel", f"{prefix}:worker:*:output",
+        "--processor-class", "cdistream.service.pva_worker.ReconstructionProcessor",
+        "--processor-args", json.dumps(processor_args),
+        "--consumer-id", str(worker),
+        "--distributor-trigger", "uniqueId",
+        "--distributor-updates", "1",
+        "--skip-initial-updates", "0",
+        "--server-queue-size", "1000",
+        "--disable-curses",
+        "--report-period", "0",
+    ]
+
+
+class WorkerPool:
+    """``workers`` workers; with ``spawn`` this process starts them on this host (as
+    ``cdistream serve --workers N`` does), otherwise they are run elsewhere and only awaited."""
+
+    def __init__(
+        self,
+        prefix: str,
+        workers: int,
+        processor_args: dict[str, Any],
+        spawn: bool = True,
+    ):
+        pva = pvaccess()
+        if workers < 1:
+            raise ConfigError(f"--workers {workers}: at least 1")
+        self.prefix, self.workers = prefix, workers
+        self.frames_channel = f"{prefix}:frames"
+        self._server = pva.PvaServer()
+        self._server.addRecord(
+            self.frames_channel, frame_pv(0, np.zeros((1, 1)), np.zeros((1, 1)))
+        )
+        self._lock = threading.Lock()
+        self._results: dict[int, dict] = {}
+        self.ready: set[int] = set()
+        self.returned = dict.fromkeys(range(1, workers + 1), 0)
+        self.processes: dict[int, subprocess.Popen] = {}
+        if spawn:
+            for k in range(1, workers + 1):
+                self.processes[k] = subprocess.Popen(
+                    consumer_command(prefix, k, processor_args),
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.DEVNULL,
+                    start_new_session=True,  # a Ctrl-C to the service is the service's to pass
+                )
+        self._channels = []
+        for k in range(1, workers + 1):
+            channel = pva.Channel(f"{prefix}:worker:{k}:output", pva.PVA)
+            channel.monitor(self._arrived, "record[queueSize=1000]field()")
+            self._channels.append(channel)
+
+    def _arrived(self, pv) -> None:
+        """pvapy's monitor callback (results are copied out: pvapy reuses its structure)."""
+        fields = result_fields(pv)
+        if fields is None:
+            log.warning("a worker published something that is not a result")
+            return
+        with self._lock:
+            if fields["uniqueId"] == 0:
+                self.ready.add(fields["worker"])
+            else:
+                self._results[fields["uniqueId"]] = fields
+                self.returned[fields["worker"]] = self.returned.get(fields["worker"], 0) + 1
+
+    def wait_ready(self, timeout: float) -> None:
+        """Until every worker has loaded its model; :class:`ConfigError` after ``timeout``."""
+        deadline = time.monotonic() + timeout
+        while len(self.ready) < self.workers:
+            dead = [k for k, p in self.processes.items() if p.poll() is not None]
+            if dead or time.monotonic() > deadline:
+                why = f"worker(s) {dead} exited" if dead else f"not ready after {timeout:.0f} s"
+                raise ConfigError(f"--workers {self.workers}: {why} (ready: {sorted(self.ready)})")
+            time.sleep(0.1)
+        log.info("%d workers ready on %s", self.workers, self.frames_channel)
+
+    def submit(self, unique_id: int, magnitudes: np.ndarray, valid: np.ndarray) -> None:
+        self._server.update(self.frames_channel, frame_pv(unique_id, magnitudes, valid))
+
+    def take(self, unique_id: int) -> dict | None:
+        """The result for ``unique_id`` if a worker returned it (removed from the pool)."""
+        with self._lock:
+            return self._results.pop(unique_id, None)
+
+    def forget(self, unique_id: int) -> None:
+        """A result that comes after the collector gave up on it is dropped when it comes."""
+        with self._lock:
+            self._results.pop(unique_id, None)
+
+    def close(self) -> None:
+        for channel in self._channels:
+            try:
+                channel.stopMonitor()
+            except Exception:
+                log.debug("stopMonitor", exc_info=True)
+        for process in self.processes.values():
+            if process.poll() is None:
+                process.send_signal(signal.SIGINT)
+        for process in self.processes.values():
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        self._server.removeRecord(self.frames_channel)

@@ -1,0 +1,106 @@
+"""``cdistream serve --workers 2``: the reconstruction stage in two ``pvapy-hpc-consumer``
+processes behind PVAccess (loopback only, see conftest), the detector and the service as
+processes, as at a beamline. One Bluesky run per series, events in frame order, nothing missed;
+a worker killed mid-series costs its outstanding frames, counted, and nothing else."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cdistream.service.sequencer import Lost, Sequencer
+
+from .conftest import DocumentSink, free_port, validate
+from .test_serve_process import accounted_counts, serve, simulate, stop
+
+
+def test_the_sequencer_keeps_order_and_gives_up_on_overdue_frames():
+    seq = Sequencer(timeout=1.0)
+    back: dict[int, str] = {}
+    for uid in (1, 2, 3):
+        seq.sent(f"frame{uid}", uid)
+    seq.control("end")
+    def take(uid):
+        return back.pop(uid, None)
+
+    back[2] = "r2"
+    assert seq.ready(take, now=time.monotonic()) == [], "frame 1 is neither back nor late"
+    back[1] = "r1"
+    assert seq.ready(take, now=time.monotonic()) == [[("frame1", "r1"), ("frame2", "r2")]]
+    out = seq.ready(take, now=time.monotonic() + 5)  # frame 3 never comes
+    assert out == [Lost("frame3", 3), "end"] and len(seq) == 0
+
+
+def _worker_pids(prefix: str) -> dict[int, int]:
+    """{worker id: pid} of the pvapy-hpc-consumer processes serving ``prefix``."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            args = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if f"{prefix}:frames".encode() in args and b"--consumer-id" in args:
+            found[int(args[args.index(b"--consumer-id") + 1])] = int(entry.name)
+    return found
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(420)
+def test_two_workers_one_run_in_order_and_a_killed_worker_costs_only_its_frames(context):
+    prefix = f"cdistream:test{free_port()}"
+    feedback = f"tcp://127.0.0.1:{free_port()}"
+    detector = f"tcp://127.0.0.1:{free_port()}"
+    proc = serve("--input", detector, "--socket", "pull", "--feedback", feedback,
+                 "--workers", "2", "--worker-prefix", prefix, "--worker-timeout", "3",
+                 "--max-batch", "32")
+    try:
+        sink = DocumentSink(context, feedback, rcvhwm=0)
+        report = simulate(detector, 1, 1000, 200)
+        assert report["held_rate"]
+        first = list(sink.collect(stops=1, timeout=180))  # a copy: the sink goes on
+        workers = _worker_pids(prefix)
+        assert sorted(workers) == [1, 2], workers
+
+        # the second series: worker 1 is killed a few seconds in
+        import threading
+
+        def kill_worker_one():
+            time.sleep(3)
+            os.kill(workers[1], signal.SIGKILL)
+
+        killer = threading.Thread(target=kill_worker_one, daemon=True)
+        killer.start()
+        simulate(detector, 2, 1000, 100)
+        killer.join()
+        docs = sink.collect(stops=2, timeout=180)
+    finally:
+        counts = stop(proc, timeout=120)
+    validate(docs)
+    starts = [d for n, d in docs if n == "start"]
+    assert len(starts) == 2, "one run per series"
+    run1 = [d for n, d in first if n == "event"]
+    assert [e["data"]["frame"] for e in run1] == list(range(1000)), "in frame order, 0 missed"
+    first_stop = [d for n, d in first if n == "stop"][0]
+    assert first_stop["exit_status"] == "success"
+    assert first_stop["cdistream"]["reconstructed"] == 1000
+    second_stop = [d for n, d in docs if n == "stop"][1]["cdistream"]
+    lost = second_stop["rejected"].get("lost_in_worker", 0)
+    assert 0 < lost < 1000, second_stop
+    assert second_stop["received"] == 1000 == second_stop["reconstructed"] + lost
+    descriptors = {d["uid"]: d["run_start"] for n, d in docs if n == "descriptor"
+                   and d["name"] == "primary"}
+    run2 = [d for n, d in docs if n == "event" and descriptors.get(d["descriptor"])
+            == starts[1]["uid"]]
+    frames = np.array([e["data"]["frame"] for e in run2])
+    assert np.all(np.diff(frames) > 0), "still in frame order after the worker died"
+    assert len(frames) == 1000 - lost
+    rejected = [d for n, d in docs if n == "event" and d["data"].get("reason") == "lost_in_worker"]
+    assert len(rejected) == lost, "each lost frame is named in the rejected stream"
+    assert counts["received"] == accounted_counts(counts) == 2000
