@@ -7,7 +7,6 @@ import threading
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.ndimage import maximum_filter
 
 from cdistream.errors import Rejected
 
@@ -82,13 +81,17 @@ def _buffer(name: str, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
     return buffers[key]
 
 
-_RING = np.ones((3, 3), bool)
-_RING[1, 1] = False
-
-
 def _neighbours_max(x: np.ndarray) -> np.ndarray:
-    """The brightest of each pixel's eight neighbours (0 past the edges)."""
-    return maximum_filter(x, footprint=_RING, mode="constant", cval=0)
+    """The brightest of each pixel's eight neighbours (0 past the edges). Slices of a padded
+    copy: on the few-pixel windows used here, scipy's maximum_filter spent ten times longer in
+    its Python set-up than numpy does on the arithmetic."""
+    h, w = x.shape
+    padded = np.zeros((h + 2, w + 2), x.dtype)
+    padded[1:-1, 1:-1] = x
+    out = np.maximum(padded[:-2, :-2], padded[:-2, 1:-1])
+    for r, c in ((0, 2), (1, 0), (1, 2), (2, 0), (2, 1), (2, 2)):
+        np.maximum(out, padded[r : r + h, c : c + w], out=out)
+    return out
 
 
 def _find_peak(img: np.ndarray, offset: int) -> tuple[int, int, float]:

@@ -39,7 +39,7 @@ def _budget(stages: dict[str, float], cpus: int) -> dict[str, float]:
     """Core-microseconds a frame costs outside the networks, and what that leaves: the most
     frames/s this machine could move end to end if nothing else ran, against the networks'."""
     worker = stages["finish"] + stages["registration"] + stages["documents_and_msgpack"]
-    outside = stages["roi_512x512"] + worker
+    outside = stages["roi_512x512_tracked"] + worker  # the service tracks the peak
     model = stages["model_per_pattern_batch_256"] * cpus  # the networks use every core
     return {
         "outside_model_us_per_frame": outside,

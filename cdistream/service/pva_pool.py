@@ -25,7 +25,9 @@ from cdistream.errors import ConfigError
 from .pva import pvaccess
 from .pva_worker import frame_pv, result_fields
 
-__all__ = ["WorkerPool", "consumer_command"]
+__all__ = ["SERVER_QUEUE", "WorkerPool", "consumer_command"]
+
+SERVER_QUEUE = 1000  # PVA updates the server queues for each worker's monitor
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +48,7 @@ def consumer_command(prefix: str, worker: int, processor_args: dict[str, Any]) -
         "--distributor-trigger", "uniqueId",
         "--distributor-updates", "1",
         "--skip-initial-updates", "0",
-        "--server-queue-size", "1000",
+        "--server-queue-size", str(SERVER_QUEUE),
         "--disable-curses",
         "--report-period", "0",
     ]
@@ -63,10 +65,13 @@ class WorkerPool:
         processor_args: dict[str, Any],
         spawn: bool = True,
     ):
+        # frames out at once: a batch in each worker's hands and one waiting, well inside the
+        # PVA server's queue per worker (--server-queue-size), so PVA itself never drops one
         pva = pvaccess()
         if workers < 1:
             raise ConfigError(f"--workers {workers}: at least 1")
         self.prefix, self.workers = prefix, workers
+        self.window = min(workers * 2 * int(processor_args.get("max_batch", 32)), SERVER_QUEUE)
         self.frames_channel = f"{prefix}:frames"
         self._server = pva.PvaServer()
         self._server.addRecord(

@@ -29,12 +29,14 @@ class Sequencer:
     def __init__(self, timeout: float):
         self.timeout = timeout
         self._entries: deque[tuple[FrameItem | Control, int | None, float]] = deque()
+        self.in_flight = 0  # frames sent and not yet published or given up
 
     def __len__(self) -> int:
         return len(self._entries)
 
     def sent(self, item: FrameItem, unique_id: int) -> None:
         self._entries.append((item, unique_id, time.monotonic()))
+        self.in_flight += 1
 
     def control(self, item: Control) -> None:
         self._entries.append((item, None, 0.0))
@@ -57,6 +59,7 @@ class Sequencer:
                 if result is None and now - sent < self.timeout:
                     break
             self._entries.popleft()
+            self.in_flight -= uid is not None
             if uid is not None and result is not None:
                 batch.append((item, result))
                 continue

@@ -38,7 +38,6 @@ from .metrics import ServiceMetrics
 from .options import checked
 from .pva_input import PvaReceiver
 from .pva_output import PvaOutput
-from .pva_pool import WorkerPool, consumer_command
 from .queue import FrameItem, FrameQueue, Rejection, RunEnd, RunStart
 from .receiver import DEFAULT_MAX_FRAME_BYTES, Receiver
 from .security import Curve, is_loopback
@@ -153,7 +152,7 @@ class Service:
         self.gate = TrustGate(threshold, config.refine_iterations)
         self._full_batch_s = 0.0  # measured at start
         self.registration = SeriesRegistration()
-        self.pool: WorkerPool | None = None  # with --workers: made at start
+        self.pool = None  # a pva_pool.WorkerPool with --workers, made at start
         self.sequencer = Sequencer(self.config.worker_timeout)
         self._next_uid = 0
         self.metrics = ServiceMetrics(self.accounting, self._gauges)
@@ -186,8 +185,10 @@ class Service:
         )
         return self
 
-    def _workers(self) -> WorkerPool:
+    def _workers(self):
         """Start (or await) the workers and wait until each has its model loaded."""
+        from .pva_pool import WorkerPool, consumer_command  # pvapy: only with --workers
+
         prefix = self.config.worker_prefix or f"cdistream:{os.getpid()}"
         args = {
             "models": str(self.reconstructor.source),
@@ -300,7 +301,15 @@ class Service:
         wait = self.config.max_wait_ms / 1000
         next_status = time.monotonic() + self.config.status_interval
         while True:
-            work = self._queue.get_batch(self.config.max_batch, wait, idle=0.05)
+            room = self.config.max_batch
+            if self.pool is not None:  # at most a window of frames out at the workers: past it
+                # the queue fills and drops its oldest, as it does in-process
+                room = min(room, self.pool.window - self.sequencer.in_flight)
+                if room <= 0:
+                    self._collect()
+                    time.sleep(0.001)
+                    continue
+            work = self._queue.get_batch(room, wait, idle=0.05)
             self._guarded("publish_notices", self._publish_dropped)
             if work is None:
                 if self._stop.is_set() and len(self._queue) == 0 and not self.sequencer:
