@@ -160,6 +160,8 @@ class ReconstructionMonitor(Device):
 
     def _refused(self, run: str, frame: int, reason: str) -> None:
         with self._lock:
+            if run != self._run:  # a new run, even if its first frame is a rejected one
+                self._run, self._newest = run, -1
             self._rejected[(run, frame)] = reason
             while len(self._rejected) > CACHE:
                 del self._rejected[next(iter(self._rejected))]
