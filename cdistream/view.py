@@ -28,7 +28,9 @@ class LiveView(ReconstructionCallback):
         from cdistream.plotting import show_amplitude, show_phase
 
         self.figure = figure
-        grid = figure.add_gridspec(2, 3, width_ratios=(1, 1, 1.4))
+        # room between the images' colour bars and the history plots' labels
+        grid = figure.add_gridspec(2, 3, width_ratios=(1, 1, 1.4), wspace=0.45, hspace=0.35,
+                                   left=0.04, right=0.98)
         self._amp = show_amplitude(figure, figure.add_subplot(grid[:, 0]), np.zeros((32, 32)))
         self._phase = show_phase(figure, figure.add_subplot(grid[:, 1]), np.zeros((32, 32)))
         self._chi2_ax = figure.add_subplot(grid[0, 2])
@@ -62,10 +64,11 @@ class LiveView(ReconstructionCallback):
         data = self.last
         if data is None:
             return
-        self._amp.set_data(np.asarray(data["amplitude"]))
         phase = np.asarray(data["phase"], float)
-        support = np.asarray(data.get("support", np.ones_like(phase, bool)))
-        self._phase.set_data(np.where(support, phase, np.nan))
+        amplitude = np.asarray(data["amplitude"])
+        support = np.asarray(data["support"]) if "support" in data else amplitude > 0.1
+        self._amp.set_data(amplitude)
+        self._phase.set_data(np.where(support, phase, np.nan))  # blank outside the support
         self._chi2_line.set_data(self.frames, self.chi2s)
         self._area_line.set_data(self.frames, self.areas)
         for ax in (self._chi2_ax, self._area_ax):
@@ -117,7 +120,7 @@ def run_view(
         matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure = plt.figure(figsize=(11, 4.2))
+    figure = plt.figure(figsize=(12, 4.2))
     view = LiveView(figure)
     sock = _socket(address, curve)
     try:

@@ -22,6 +22,7 @@ FIELDS = (
     "chi2",
     "amplitude",
     "phase",
+    "support",
     "support_area",
     "phase_mean",
     "phase_std",
