@@ -1,14 +1,17 @@
 """Region of interest: find the Bragg peak in a detector frame, crop N x N around it and turn
-counts into magnitudes. Pure numpy, vectorised; hot and masked pixels never win."""
+counts into magnitudes; hot and masked pixels never win. The per-pixel loops are compiled
+(:mod:`cdistream.roi_kernels`); this module holds the conventions and the peak tracker."""
 
 from __future__ import annotations
 
+import functools
 import threading
 from dataclasses import dataclass
 
 import numpy as np
 
 from cdistream.errors import Rejected
+from cdistream.roi_kernels import best_pair, crop_window, near_pair
 
 __all__ = [
     "BadPixels",
@@ -50,62 +53,71 @@ class Crop:
 
 @dataclass(frozen=True)
 class BadPixels:
-    """A detector's static pixel mask, as flat indices: built once per series, so that zeroing
-    masked pixels costs a few microseconds per frame instead of a pass over a boolean image."""
+    """A detector's static pixel mask (True = do not use), built once per series; also as flat
+    indices, so that zeroing masked pixels of a whole frame costs microseconds."""
 
     shape: tuple[int, int]
     index: np.ndarray  # flat indices of the pixels not to use
-    mask: np.ndarray  # the boolean image, True = do not use (for the crop's validity)
+    mask: np.ndarray  # bool (rows, cols)
 
     @classmethod
     def from_mask(cls, mask: np.ndarray) -> BadPixels:
         """From a boolean image, True = do not use."""
-        mask = np.asarray(mask, bool)
+        mask = np.ascontiguousarray(mask, bool)
         return cls(mask.shape, np.flatnonzero(mask), mask)
 
 
+_NO_MASK = np.zeros((1, 1), bool)
+HOT_RATIO = 16.0  # a pixel this many times brighter than all its neighbours is not diffraction
+_WHOLE = 128 * 128  # regions at least this large are searched with numpy, smaller compiled
 _scratch = threading.local()
-_MAX_BUFFERS = 16  # per thread: a few frame shapes' worth, so a detector that changes shape
-# series after series never grows memory
 
 
-def _buffer(name: str, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
-    """A per-thread scratch array reused across frames: allocating (and page-faulting) fresh
-    half-megabyte temporaries for every frame cost more than the arithmetic on them."""
+@functools.cache
+def _dtype_kind(dtype: np.dtype) -> tuple[bool, float]:
+    if dtype.kind == "u":
+        return True, float(np.iinfo(dtype).max)
+    return False, float("inf")
+
+
+def _kind(image: np.ndarray) -> tuple[bool, float]:
+    """Unsigned data, and its all-ones value (DECTRIS' mark of gaps and dead pixels)."""
+    return _dtype_kind(image.dtype)
+
+
+def _pair_numpy(image: np.ndarray, bad: BadPixels | None, unsigned: bool):
+    """:func:`~cdistream.roi_kernels.best_pair` over the whole frame, vectorised: two passes
+    over per-thread scratch buffers (unsigned + 1 wraps the all-ones value round to 0)."""
+    h, w = image.shape
     buffers = _scratch.__dict__.setdefault("buffers", {})
-    key = (name, shape, dtype.str)
+    key = (image.shape, image.dtype.str)
     if key not in buffers:
-        if len(buffers) >= _MAX_BUFFERS:  # a new frame shape: the old shapes' buffers go
-            buffers.clear()
-        buffers[key] = np.empty(shape, dtype)
-    return buffers[key]
-
-
-def _neighbours_max(x: np.ndarray) -> np.ndarray:
-    """The brightest of each pixel's eight neighbours (0 past the edges). Slices of a padded
-    copy: on the few-pixel windows used here, scipy's maximum_filter spent ten times longer in
-    its Python set-up than numpy does on the arithmetic."""
-    h, w = x.shape
-    padded = np.zeros((h + 2, w + 2), x.dtype)
-    padded[1:-1, 1:-1] = x
-    out = np.maximum(padded[:-2, :-2], padded[:-2, 1:-1])
-    for r, c in ((0, 2), (1, 0), (1, 2), (2, 0), (2, 1), (2, 2)):
-        np.maximum(out, padded[r : r + h, c : c + w], out=out)
-    return out
-
-
-def _find_peak(img: np.ndarray, offset: int) -> tuple[int, int, float]:
-    """:func:`find_peak` on an image whose values carry ``offset`` (0 means a bad pixel)."""
-    h, w = img.shape
-    pairs = _buffer("pairs", (h, w - 1), img.dtype)
-    np.minimum(img[:, :-1], img[:, 1:], out=pairs)
+        buffers.clear()  # a new frame shape: the old shape's buffers go
+        buffers[key] = (np.empty((h, w), image.dtype), np.empty((h, w - 1), image.dtype))
+    work, pairs = buffers[key]
+    if unsigned:
+        np.add(image, 1, out=work)
+    else:
+        np.copyto(work, image)
+    if bad is not None:
+        work.reshape(-1)[bad.index] = 0
+    np.minimum(work[:, :-1], work[:, 1:], out=pairs)
     row, col = divmod(int(np.argmax(pairs)), w - 1)
-    height = float(pairs[row, col]) - offset
-    r0, c0 = max(row - 3, 0), max(col - 3, 0)
-    window = np.maximum(img[r0 : row + 5, c0 : col + 6].astype(np.float64) - offset, 0)
-    lonely = window > 4 * _neighbours_max(window)
-    r, c = np.unravel_index(int(np.argmax(np.where(lonely, 0, window))), window.shape)
-    return r0 + int(r), c0 + int(c), height
+    return row, col, float(pairs[row, col])
+
+
+def _search(image: np.ndarray, bad: BadPixels | None, r0: int, r1: int, c0: int, c1: int):
+    """(row, col, height) of the peak within rows r0:r1, cols c0:c1 (see :func:`find_peak`)."""
+    unsigned, top = _kind(image)
+    mask = _NO_MASK if bad is None else bad.mask
+    whole = (r0, r1, c0, c1) == (0, image.shape[0], 0, image.shape[1])
+    if whole and image.size >= _WHOLE:
+        row, col, value = _pair_numpy(image, bad, unsigned)
+    else:
+        row, col, value = best_pair(image, mask, bad is not None, unsigned, top, r0, r1, c0, c1)
+    height = float(value) - (1.0 if unsigned else 0.0)
+    row, col = near_pair(image, mask, bad is not None, unsigned, top, row, col, r0, r1, c0, c1)
+    return int(row), int(col), height
 
 
 def find_peak(img: np.ndarray) -> tuple[int, int, float]:
@@ -116,58 +128,7 @@ def find_peak(img: np.ndarray) -> tuple[int, int, float]:
     within 3 pixels of the pair, ignoring any pixel more than 4 times brighter than all its
     neighbours (oversampled speckles are at least 2 pixels wide; hot pixels are not).
     """
-    return _find_peak(img, 0)
-
-
-def _window(image: np.ndarray, row: int, col: int, span: int, fill=0) -> np.ndarray:
-    """span x span pixels with (row, col) at index span//2, ``fill`` past the edges."""
-    top, left = row - span // 2, col - span // 2
-    out = np.full((span, span), fill, dtype=np.float32 if image.dtype != bool else bool)
-    r0, c0 = max(top, 0), max(left, 0)
-    r1, c1 = min(top + span, image.shape[0]), min(left + span, image.shape[1])
-    if r1 > r0 and c1 > c0:
-        out[r0 - top : r1 - top, c0 - left : c1 - left] = image[r0:r1, c0:c1]
-    return out
-
-
-HOT_RATIO = 16.0  # a pixel this many times brighter than all its neighbours is not diffraction
-
-
-def _outliers(window: np.ndarray, valid: np.ndarray) -> np.ndarray:
-    """Isolated pixels far brighter than all eight neighbours (hot pixels the mask does not
-    list): an oversampled pattern's speckles are at least two pixels wide. The 3 x 3 pixels
-    around the ROI's centre are never flagged (a large crystal's central peak is narrow)."""
-    neighbours = _neighbours_max(np.where(valid, window, 0))
-    hot = valid & (window > HOT_RATIO * np.maximum(neighbours, 1.0))
-    c = window.shape[0] // 2
-    hot[c - 1 : c + 2, c - 1 : c + 2] = False
-    return hot
-
-
-def _prepared(
-    image: np.ndarray, bad: BadPixels | None, region: tuple[int, int, int, int] | None = None
-) -> tuple[np.ndarray, int]:
-    """A scratch copy of ``image`` (or of ``region`` = rows r0:r1, cols c0:c1 of it) in which
-    invalid pixels are 0, and the offset its values carry: unsigned data + 1, so the all-ones
-    invalid value wraps round to 0."""
-    if region is None:
-        src, name = image, "work"
-    else:
-        r0, r1, c0, c1 = region
-        src, name = image[r0:r1, c0:c1], "region"
-    work = _buffer(name, src.shape, image.dtype)
-    if image.dtype.kind == "u":
-        offset = 1
-        np.add(src, 1, out=work)
-    else:
-        offset = 0
-        np.copyto(work, src)
-    if bad is not None:
-        if region is None:
-            work.reshape(-1)[bad.index] = 0
-        else:
-            work[bad.mask[r0:r1, c0:c1]] = 0
-    return work, offset
+    return _search(np.ascontiguousarray(img), None, 0, img.shape[0], 0, img.shape[1])
 
 
 @dataclass
@@ -196,8 +157,7 @@ class PeakTracker:
                 self.since_full += 1
                 self.last = found[:2]
                 return found
-        work, offset = _prepared(image, bad)
-        row, col, height = _find_peak(work, offset)
+        row, col, height = _search(image, bad, 0, image.shape[0], 0, image.shape[1])
         self.last, self.height, self.since_full = (row, col), height, 0
         self.full_searches += 1
         return row, col, height
@@ -208,16 +168,15 @@ class PeakTracker:
         r1, c1 = min(self.last[0] + self.reach + 1, h), min(self.last[1] + self.reach + 1, w)
         if r1 - r0 < 8 or c1 - c0 < 8:
             return None
-        work, offset = _prepared(image, bad, (r0, r1, c0, c1))
-        row, col, height = _find_peak(work, offset)
+        row, col, height = _search(image, bad, r0, r1, c0, c1)
         edge = 4
         at_edge = (
-            (row < edge and r0 > 0) or (row >= r1 - r0 - edge and r1 < h)
-            or (col < edge and c0 > 0) or (col >= c1 - c0 - edge and c1 < w)
+            (row < r0 + edge and r0 > 0) or (row >= r1 - edge and r1 < h)
+            or (col < c0 + edge and c0 > 0) or (col >= c1 - edge and c1 < w)
         )
         if at_edge or height < self.drop * self.height:
             return None
-        return r0 + row, c0 + col, height
+        return row, col, height
 
 
 def extract(
@@ -244,9 +203,11 @@ def extract(
         raise RoiRejected("bad_image", f"mask {bad.shape} does not fit image {image.shape}")
     if image.dtype.kind == "f" and not np.isfinite(image).all():
         raise RoiRejected("bad_image", "image holds NaN or infinity")
+    if image.dtype.kind not in "uif" or image.dtype.itemsize > 8:
+        raise RoiRejected("bad_image", f"pixel type {image.dtype}")
+    image = np.ascontiguousarray(image)
     if tracker is None:
-        work, offset = _prepared(image, bad)
-        row, col, height = _find_peak(work, offset)
+        row, col, height = _search(image, bad, 0, image.shape[0], 0, image.shape[1])
     else:
         row, col, height = tracker.find(image, bad)
     if height < config.min_peak:
@@ -254,29 +215,14 @@ def extract(
             tracker.reset()
         raise RoiRejected("no_peak", f"brightest compact peak has {height:.0f} counts")
     b = config.binning
-    span = config.size * b
-    h, w = image.shape
-    top, left = row - span // 2, col - span // 2
-    r0, c0 = max(top, 0), max(left, 0)
-    r1, c1 = min(top + span, h), min(left + span, w)
-    region, offset = _prepared(image, bad, (r0, r1, c0, c1))
-    window = np.full((span, span), -1, np.float32)  # -1: past the detector's edge
-    window[r0 - top : r1 - top, c0 - left : c1 - left] = region
-    valid = window >= 0  # on the detector
-    if offset:
-        valid &= window != 0  # masked or all-ones
-    elif bad is not None:
-        valid &= ~_window(bad.mask, row, col, span, fill=True)
-    window = np.maximum(window - offset, 0)
-    valid &= ~_outliers(window, valid)
-    saturated = 0
-    if saturation is not None:
-        hot = valid & (window >= saturation)
-        saturated = int(hot.sum())
-        valid &= ~hot
-    window *= valid
+    window, valid, saturated = crop_window(
+        image, _NO_MASK if bad is None else bad.mask, bad is not None, *_kind(image), row, col,
+        config.size * b, HOT_RATIO, -1.0 if saturation is None else float(saturation),
+    )
     if b > 1:
         window = window.reshape(config.size, b, config.size, b).sum(axis=(1, 3))
         valid = valid.reshape(config.size, b, config.size, b).all(axis=(1, 3))
-    counts = np.maximum(window - config.background * b * b, 0, dtype=np.float32) * valid
-    return Crop(np.sqrt(counts), counts, valid, row, col, saturated)
+        window *= valid  # a binned pixel is valid when all its detector pixels are
+    if config.background:  # invalid pixels are 0 already
+        window = np.maximum(window - config.background * b * b, 0, dtype=np.float32) * valid
+    return Crop(np.sqrt(window), window, valid, row, col, int(saturated))

@@ -13,7 +13,8 @@ from typing import Any
 import numpy as np
 
 from .checks import image_bytes, json_object, required
-from .messages import DecodeError, Frame, Message, SeriesEnd, SeriesStart
+from .counter_series import CounterSeries
+from .messages import DecodeError, Frame, Message
 
 __all__ = ["Decoder", "Encoder"]
 
@@ -29,9 +30,7 @@ class Decoder:
     name = NAME
 
     def __init__(self) -> None:
-        self._series: int | None = None
-        self._last = -1
-        self._started = 0  # series inferred so far, for numbering when the IOC gives none
+        self._counter = CounterSeries(NAME)
 
     def decode(self, parts: Sequence[Any]) -> list[Message]:
         if not parts:
@@ -43,23 +42,11 @@ class Decoder:
             raise DecodeError("unknown_type", f"htype {htype!r}")
         frame = required(head, "frame", int)
         attrs = head.get("ndattr") if isinstance(head.get("ndattr"), dict) else {}
-        series = attrs.get("series")
-        if not isinstance(series, int) or isinstance(series, bool):
-            same = self._series is not None and frame > self._last
-            series = self._series if same else self._started + 1
+        series = self._counter.series_of(frame, attrs)
         if len(parts) != 2:
             raise DecodeError("wrong_parts", f"{len(parts)} parts, expected 2", series, frame)
         image = self._image(head, parts[1], legacy, series, frame)
-        out: list[Message] = []
-        if series != self._series:
-            if self._series is not None:
-                out.append(SeriesEnd(self._series, None))
-            meta = {"format": NAME, "series_inferred": "series" not in attrs, "ndattr": attrs}
-            out.append(SeriesStart(series, None, image.dtype.name, None, meta))
-            self._series, self._started = series, self._started + 1
-        self._last = frame
-        out.append(Frame(series, frame, self._timestamp(head), image))
-        return out
+        return self._counter.frame(series, frame, self._timestamp(head), image, attrs)
 
     @staticmethod
     def _timestamp(head: dict) -> float:

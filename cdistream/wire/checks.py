@@ -5,6 +5,7 @@ Each failure is a :class:`DecodeError` that names the frame when the caller know
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -62,7 +63,7 @@ def image_bytes(
 ) -> int:
     """Bytes of an image of ``shape`` and ``dtype``, refused above :data:`MAX_FRAME_BYTES`
     before anything of that size is allocated."""
-    size = int(np.prod(shape)) * dtype.itemsize
+    size = math.prod(shape) * dtype.itemsize  # Python ints: no overflow, no numpy call
     if size > MAX_FRAME_BYTES:
         raise DecodeError(
             "oversized", f"{list(shape)} {dtype.name} exceeds {MAX_FRAME_BYTES}", series, frame

@@ -25,7 +25,8 @@ import numpy as np
 
 from .checks import image_bytes, image_shape
 from .compression import decompress
-from .messages import DecodeError, Frame, Message, SeriesEnd, SeriesStart
+from .counter_series import CounterSeries
+from .messages import DecodeError, Message
 
 __all__ = ["NAME", "SCALAR_TYPES", "Decoder", "attributes"]
 
@@ -81,9 +82,7 @@ class Decoder:
 
     def __init__(self, idle_s: float = 5.0) -> None:
         self.idle_s = idle_s
-        self._series: int | None = None
-        self._last = -1
-        self._started = 0
+        self._counter = CounterSeries(NAME)
         self._seen = time.monotonic()
 
     def decode(self, pv: Any) -> list[Message]:
@@ -94,30 +93,15 @@ class Decoder:
         if not isinstance(frame, int) or isinstance(frame, bool) or frame < 0:
             raise DecodeError("wrong_type", f"uniqueId {frame!r}")
         attrs = attributes(pv)
-        series = attrs.get("series")
-        if not isinstance(series, int) or isinstance(series, bool):
-            same = self._series is not None and frame > self._last
-            series = self._series if same else self._started + 1
+        series = self._counter.series_of(frame, attrs)
         image = self._image(pv, series, frame)
-        out: list[Message] = []
-        if series != self._series:
-            if self._series is not None:
-                out.append(SeriesEnd(self._series, None))
-            meta = {"format": NAME, "series_inferred": "series" not in attrs, "ndattr": attrs}
-            out.append(SeriesStart(series, None, image.dtype.name, None, meta))
-            self._series, self._started = series, self._started + 1
-        self._last, self._seen = frame, time.monotonic()
-        out.append(Frame(series, frame, self._timestamp(pv), image))
-        return out
+        self._seen = time.monotonic()
+        return self._counter.frame(series, frame, self._timestamp(pv), image, attrs)
 
     def idle(self, now: float | None = None) -> list[Message]:
         """The end of the open series if nothing came for ``idle_s`` seconds, else nothing."""
         now = time.monotonic() if now is None else now
-        if self._series is None or now - self._seen < self.idle_s:
-            return []
-        end = SeriesEnd(self._series, None)
-        self._series, self._last = None, -1
-        return [end]
+        return [] if now - self._seen < self.idle_s else self._counter.end()
 
     @staticmethod
     def _timestamp(pv: Any) -> float:
