@@ -189,17 +189,21 @@ def ingest_rate(
         first, deadline = None, time.monotonic() + 600
         while accounting.total.received < frames:
             if first is None and accounting.total.received:
-                first = (time.perf_counter(), accounting.total.received)
+                first = (time.perf_counter(), accounting.total.received, receiver.cpu_seconds)
             if time.monotonic() > deadline:
                 raise RuntimeError(f"ingest stalled: {accounting.snapshot()}")
             time.sleep(0.001)
         elapsed = time.perf_counter() - first[0]
+        time.sleep(0.1)  # the receiver's last CPU reading comes after its last frame
+        cpu = receiver.cpu_seconds - first[2]
         receiver.stop()
     got = accounting.total.received - first[1]
     return {
         "format": format,
         "compression": compression,
         "frames": frames,
-        "frames_per_s": got / elapsed,
+        "frames_per_s": got / elapsed,  # wall: bounded by the sender and loopback copies too
+        "frames_per_cpu_s": got / cpu if cpu > 0 else float("nan"),  # one core of ingest
+        "receiver_us_per_frame": 1e6 * cpu / got if got else float("nan"),
         "rejected": dict(accounting.total.rejected),
     }
