@@ -1,39 +1,32 @@
-"""Replay frames recorded in HDF5 (a NeXus/DECTRIS master-style ``/entry/data/data`` stack, or
-a top-level ``frames`` dataset), optionally with a pixel mask dataset beside them."""
+"""Replay frames saved in files, read by the same code as ``cdistream reconstruct``
+(:mod:`cdistream.files`): a DECTRIS file-writer master file with its linked, bitshuffle/LZ4
+compressed data files, any HDF5 stack named as ``FILE.h5::/path/to/dataset`` (NeXus,
+areaDetector), or a file with ``/entry/data/data`` or ``/frames``, with its pixel mask."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
 
-import h5py
 import numpy as np
 
-__all__ = ["FRAME_PATHS", "open_frames"]
+from cdistream.files import open_source
 
-FRAME_PATHS = ("entry/data/data", "frames")
-MASK_PATHS = ("entry/instrument/detector/pixel_mask", "mask")
+__all__ = ["open_frames"]
 
 
 def open_frames(
-    path: str | Path,
+    spec: str | Path,
 ) -> tuple[int, tuple[int, int], str, np.ndarray | None, Iterator[np.ndarray]]:
-    """(count, shape, dtype, mask, iterator over frames) of an HDF5 stack, read lazily."""
-    f = h5py.File(path, "r")
-    name = next((p for p in FRAME_PATHS if p in f), None)
-    if name is None:
-        f.close()
-        raise ValueError(f"{path}: no frame stack at any of {FRAME_PATHS}")
-    data = f[name]
-    if data.ndim != 3:
-        f.close()
-        raise ValueError(f"{path}:{name} has shape {data.shape}, expected (frames, rows, cols)")
-    mask_name = next((p for p in MASK_PATHS if p in f), None)
-    mask = f[mask_name][()].astype(bool) if mask_name else None
+    """(count, shape, dtype, mask, iterator over frames) of saved frames, read lazily."""
+    source = open_source(spec)
+    if source.rois:
+        source.close()
+        raise ValueError(f"{spec}: a cdistream archive holds cropped ROIs, not detector frames")
 
     def frames() -> Iterator[np.ndarray]:
-        with f:
-            for i in range(data.shape[0]):
-                yield data[i]
+        with source:
+            for block, _ in source.frames():
+                yield from block
 
-    return data.shape[0], tuple(data.shape[1:]), data.dtype.name, mask, frames()
+    return source.count, source.shape, source.dtype, source.mask, frames()

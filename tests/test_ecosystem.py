@@ -149,6 +149,13 @@ def test_offline_reconstruction_of_detector_files_matches_the_stream(shipped, co
     same = compare(offline, streamed)
     assert same.iou.min() > 0.97 and np.median(same.phase_rmse) < 0.02
     np.testing.assert_allclose(chi2, [e["data"]["chi2"] for e in events], rtol=0.05, atol=1e-4)
+    # sim_detector --replay reads the same files, frame for frame
+    from sim_detector.replay import open_frames
+
+    count, shape, _, mask, replayed = open_frames(master)
+    assert (count, shape) == (24, DET.shape)
+    np.testing.assert_array_equal(mask, DET.mask())
+    np.testing.assert_array_equal(np.stack(list(replayed)), np.stack(images))
     # the archive of the offline run re-reconstructs (a newer model on the saved ROIs)
     again = reconstruct_files([str(tmp_path / "offline.h5")], tmp_path / "again.h5", shipped,
                               RoiConfig(), progress=False)
