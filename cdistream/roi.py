@@ -74,15 +74,11 @@ _scratch = threading.local()
 
 
 @functools.cache
-def _dtype_kind(dtype: np.dtype) -> tuple[bool, float]:
+def _kind(dtype: np.dtype) -> tuple[bool, float]:
+    """Unsigned data, and its all-ones value (DECTRIS' mark of gaps and dead pixels)."""
     if dtype.kind == "u":
         return True, float(np.iinfo(dtype).max)
     return False, float("inf")
-
-
-def _kind(image: np.ndarray) -> tuple[bool, float]:
-    """Unsigned data, and its all-ones value (DECTRIS' mark of gaps and dead pixels)."""
-    return _dtype_kind(image.dtype)
 
 
 def _pair_numpy(image: np.ndarray, bad: BadPixels | None, unsigned: bool):
@@ -108,7 +104,7 @@ def _pair_numpy(image: np.ndarray, bad: BadPixels | None, unsigned: bool):
 
 def _search(image: np.ndarray, bad: BadPixels | None, r0: int, r1: int, c0: int, c1: int):
     """(row, col, height) of the peak within rows r0:r1, cols c0:c1 (see :func:`find_peak`)."""
-    unsigned, top = _kind(image)
+    unsigned, top = _kind(image.dtype)
     mask = _NO_MASK if bad is None else bad.mask
     whole = (r0, r1, c0, c1) == (0, image.shape[0], 0, image.shape[1])
     if whole and image.size >= _WHOLE:
@@ -215,9 +211,10 @@ def extract(
             tracker.reset()
         raise RoiRejected("no_peak", f"brightest compact peak has {height:.0f} counts")
     b = config.binning
+    mask = _NO_MASK if bad is None else bad.mask
     window, valid, saturated = crop_window(
-        image, _NO_MASK if bad is None else bad.mask, bad is not None, *_kind(image), row, col,
-        config.size * b, HOT_RATIO, -1.0 if saturation is None else float(saturation),
+        image, mask, bad is not None, *_kind(image.dtype), row, col, config.size * b, HOT_RATIO,
+        -1.0 if saturation is None else float(saturation),
     )
     if b > 1:
         window = window.reshape(config.size, b, config.size, b).sum(axis=(1, 3))

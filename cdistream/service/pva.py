@@ -13,6 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from cdistream.wire.ntndarray import SCALAR_TYPES
+
 __all__ = ["LOOPBACK_ENV", "loopback_environment", "ntndarray", "pvaccess"]
 
 LOOPBACK_ENV = {
@@ -24,16 +26,8 @@ LOOPBACK_ENV = {
     "EPICS_CA_AUTO_ADDR_LIST": "NO",
     "EPICS_CA_ADDR_LIST": "127.0.0.1",
 }
-_FIELDS = {
-    "int8": ("byteValue", 1),
-    "int16": ("shortValue", 2),
-    "int32": ("intValue", 3),
-    "uint8": ("ubyteValue", 5),
-    "uint16": ("ushortValue", 6),
-    "uint32": ("uintValue", 7),
-    "float32": ("floatValue", 9),
-    "float64": ("doubleValue", 10),
-}
+# the union field and pvData scalar type of each numpy dtype: the decoder's table, reversed
+_FIELDS = {dtype: (field, kind) for kind, (field, dtype) in SCALAR_TYPES.items()}
 
 
 def loopback_environment(env: Mapping[str, str] | None = None) -> dict[str, str]:

@@ -80,7 +80,6 @@ class WorkerPool:
         self._lock = threading.Lock()
         self._results: dict[int, dict] = {}
         self.ready: set[int] = set()
-        self.returned = dict.fromkeys(range(1, workers + 1), 0)
         self.processes: dict[int, subprocess.Popen] = {}
         if spawn:
             for k in range(1, workers + 1):
@@ -107,7 +106,6 @@ class WorkerPool:
                 self.ready.add(fields["worker"])
             else:
                 self._results[fields["uniqueId"]] = fields
-                self.returned[fields["worker"]] = self.returned.get(fields["worker"], 0) + 1
 
     def wait_ready(self, timeout: float) -> None:
         """Until every worker has loaded its model; :class:`ConfigError` after ``timeout``."""
