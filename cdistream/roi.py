@@ -5,13 +5,14 @@ counts into magnitudes; hot and masked pixels never win. The per-pixel loops are
 from __future__ import annotations
 
 import functools
+import logging
 import threading
 from dataclasses import dataclass
 
 import numpy as np
 
 from cdistream.errors import Rejected
-from cdistream.roi_kernels import best_pair, crop_window, near_pair
+from cdistream.roi_kernels import best_pair, crop_window, near_pair, window_crop
 
 __all__ = [
     "BadPixels",
@@ -21,6 +22,7 @@ __all__ = [
     "RoiRejected",
     "extract",
     "find_peak",
+    "warm",
 ]
 
 
@@ -66,6 +68,8 @@ class BadPixels:
         mask = np.ascontiguousarray(mask, bool)
         return cls(mask.shape, np.flatnonzero(mask), mask)
 
+
+log = logging.getLogger(__name__)
 
 _NO_MASK = np.zeros((1, 1), bool)
 HOT_RATIO = 16.0  # a pixel this many times brighter than all its neighbours is not diffraction
@@ -135,7 +139,7 @@ class PeakTracker:
     peak is under ``drop`` of the last full search's height (the peak left the window or
     faded), or when it lies at the window's edge (it is moving out)."""
 
-    reach: int = 24
+    reach: int = 16
     full_every: int = 64
     drop: float = 0.5
     last: tuple[int, int] | None = None
@@ -146,33 +150,15 @@ class PeakTracker:
     def reset(self) -> None:
         self.last, self.height, self.since_full = None, 0.0, 0
 
-    def find(self, image: np.ndarray, bad: BadPixels | None) -> tuple[int, int, float]:
-        if self.last is not None and self.since_full < self.full_every:
-            found = self._in_window(image, bad)
-            if found is not None:
-                self.since_full += 1
-                self.last = found[:2]
-                return found
-        row, col, height = _search(image, bad, 0, image.shape[0], 0, image.shape[1])
+    def followed(self, row: int, col: int) -> None:
+        """The peak was found in the window around the last position."""
+        self.since_full += 1
+        self.last = row, col
+
+    def searched_all(self, row: int, col: int, height: float) -> None:
+        """The whole frame was searched: its peak is the new reference."""
         self.last, self.height, self.since_full = (row, col), height, 0
         self.full_searches += 1
-        return row, col, height
-
-    def _in_window(self, image, bad) -> tuple[int, int, float] | None:
-        h, w = image.shape
-        r0, c0 = max(self.last[0] - self.reach, 0), max(self.last[1] - self.reach, 0)
-        r1, c1 = min(self.last[0] + self.reach + 1, h), min(self.last[1] + self.reach + 1, w)
-        if r1 - r0 < 8 or c1 - c0 < 8:
-            return None
-        row, col, height = _search(image, bad, r0, r1, c0, c1)
-        edge = 4
-        at_edge = (
-            (row < r0 + edge and r0 > 0) or (row >= r1 - edge and r1 < h)
-            or (col < c0 + edge and c0 > 0) or (col >= c1 - edge and c1 < w)
-        )
-        if at_edge or height < self.drop * self.height:
-            return None
-        return row, col, height
 
 
 def extract(
@@ -202,20 +188,31 @@ def extract(
     if image.dtype.kind not in "uif" or image.dtype.itemsize > 8:
         raise RoiRejected("bad_image", f"pixel type {image.dtype}")
     image = np.ascontiguousarray(image)
-    if tracker is None:
+    unsigned, top = _kind(image.dtype)
+    mask = _NO_MASK if bad is None else bad.mask
+    b, saturation = config.binning, -1.0 if saturation is None else float(saturation)
+    found = False
+    if tracker is not None and tracker.last is not None and tracker.since_full < tracker.full_every:
+        # the window around the last peak, searched and cropped in one go
+        row, col, height, window, valid, saturated, found = window_crop(
+            image, mask, bad is not None, unsigned, top, *tracker.last, tracker.reach,
+            tracker.drop * tracker.height, config.size * b, HOT_RATIO, saturation,
+        )
+        if found:
+            tracker.followed(row, col)
+    if not found:
         row, col, height = _search(image, bad, 0, image.shape[0], 0, image.shape[1])
-    else:
-        row, col, height = tracker.find(image, bad)
+        if tracker is not None:
+            tracker.searched_all(row, col, height)
     if height < config.min_peak:
         if tracker is not None:
             tracker.reset()
         raise RoiRejected("no_peak", f"brightest compact peak has {height:.0f} counts")
-    b = config.binning
-    mask = _NO_MASK if bad is None else bad.mask
-    window, valid, saturated = crop_window(
-        image, mask, bad is not None, *_kind(image.dtype), row, col, config.size * b, HOT_RATIO,
-        -1.0 if saturation is None else float(saturation),
-    )
+    if not found:
+        window, valid, saturated = crop_window(
+            image, mask, bad is not None, unsigned, top, row, col, config.size * b, HOT_RATIO,
+            saturation,
+        )
     if b > 1:
         window = window.reshape(config.size, b, config.size, b).sum(axis=(1, 3))
         valid = valid.reshape(config.size, b, config.size, b).all(axis=(1, 3))
@@ -223,3 +220,20 @@ def extract(
     if config.background:  # invalid pixels are 0 already
         window = np.maximum(window - config.background * b * b, 0, dtype=np.float32) * valid
     return Crop(np.sqrt(window), window, valid, row, col, int(saturated))
+
+
+@functools.lru_cache(maxsize=16)  # the detector names the type: keep what it can grow small
+def warm(dtype: str) -> None:
+    """Compile the ROI's loops for images of ``dtype`` (or load them from numba's cache) now,
+    at a series' start, rather than in its first frames. A type they cannot take is left to
+    the frames themselves to be rejected."""
+    try:
+        kind = np.dtype(dtype)
+        image = np.zeros((64, 64), kind)
+        image[30:33, 30:33] = 100
+        for bad in (None, BadPixels.from_mask(np.zeros(image.shape, bool))):
+            tracker = PeakTracker()
+            for _ in range(2):  # a whole-frame search, then the tracked window
+                extract(image, RoiConfig(), bad, None, tracker)
+    except Exception as exc:  # numpy or numba refusing the type
+        log.debug("no compiled ROI for %r: %s", dtype, exc)

@@ -118,3 +118,64 @@ def test_tracking_reset_after_a_frame_without_peak():
     with pytest.raises(RoiRejected):
         extract(np.zeros_like(frame), RoiConfig(), tracker=tracker)
     assert tracker.last is None
+
+
+def _crop_rules(frame, mask, row, col, saturation, n=32):
+    """The crop's rules as whole-array numpy, written apart from the compiled loops."""
+    from scipy.ndimage import maximum_filter
+
+    unsigned = frame.dtype.kind == "u"
+    padded = np.zeros((frame.shape[0] + 2 * n, frame.shape[1] + 2 * n), np.float64)
+    inside = np.zeros(padded.shape, bool)
+    padded[n:-n, n:-n], inside[n:-n, n:-n] = frame, True
+    bad = np.zeros(padded.shape, bool)
+    bad[n:-n, n:-n] = mask
+    top, left = row + n - n // 2, col + n - n // 2
+    counts = padded[top : top + n, left : left + n]
+    valid = inside[top : top + n, left : left + n] & ~bad[top : top + n, left : left + n]
+    valid &= counts != np.iinfo(frame.dtype).max if unsigned else counts >= 0
+    counts = np.where(valid, counts, 0.0)
+    ring = np.ones((3, 3), bool)
+    ring[1, 1] = False
+    around = maximum_filter(counts, footprint=ring, mode="constant", cval=0.0)
+    hot = valid & (counts > 16 * np.maximum(around, 1.0))
+    hot[n // 2 - 1 : n // 2 + 2, n // 2 - 1 : n // 2 + 2] = False  # never the peak itself
+    saturated = valid & ~hot & (counts >= saturation)
+    valid &= ~hot & ~saturated
+    return np.where(valid, counts, 0.0), valid, int(saturated.sum())
+
+
+@pytest.mark.parametrize("dtype", ["uint16", "uint32", "int32", "float32"])
+def test_crop_follows_its_rules_on_every_pixel(dtype):
+    """Edges, masked and all-ones pixels, hot pixels beside the peak and saturation, against
+    a numpy statement of the rules, on peaks tracked across the detector and to its edges."""
+    from cdistream.roi import PeakTracker
+
+    rng = np.random.default_rng(21)
+    det = DetectorModel(
+        shape=(200, 240), dtype=dtype, photons=2000, hot_pixels=40, gap_rows=3, saturation=900
+    )
+    bad = BadPixels.from_mask(det.mask())
+    tracker = PeakTracker()
+    path = [(100, 120), (101, 122), (3, 235), (4, 236), (196, 2), (150, 60), (151, 61)]
+    for peak in path:
+        frame = det.render(OBJ, *peak, rng)
+        if dtype in ("int32", "float32"):  # signed data: negative counts are not valid
+            frame[rng.integers(0, 200, 300), rng.integers(0, 240, 300)] = -3
+        r, c = min(max(peak[0], 6), 190), max(peak[1], 10)
+        frame[r + 5, c - 9] = 5000  # an isolated hot pixel near the peak
+        frame[r - 6, c - 3 : c - 1] = 950  # a saturated pair: not hot, but not valid either
+        crop = extract(frame, RoiConfig(min_peak=5), bad, 900.0, tracker)
+        counts, valid, saturated = _crop_rules(frame, det.mask(), crop.peak_row, crop.peak_col, 900)
+        np.testing.assert_array_equal(crop.valid, valid)
+        np.testing.assert_array_equal(crop.counts, counts.astype(np.float32))
+        assert crop.saturated == saturated
+    assert 0 < tracker.full_searches < len(path)
+
+
+def test_warm_up_takes_any_announced_type():
+    """The detector names the pixel type at a series' start; none of them stops the ingest."""
+    from cdistream.roi import warm
+
+    for name in ("uint16", "float16", "bool", "no such type", "i4,i4", "M8[s]", "U10", "O"):
+        warm(name)

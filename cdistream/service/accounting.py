@@ -77,9 +77,12 @@ class Accounting:
         self._series: dict[int | None, Counts] = {}
 
     def _scopes(self, series: int | None) -> tuple[Counts, Counts]:
-        if series not in self._series and len(self._series) > 1024:  # a long run's old series
-            del self._series[next(iter(self._series))]
-        return self.total, self._series.setdefault(series, Counts())
+        scope = self._series.get(series)
+        if scope is None:
+            if len(self._series) > 1024:  # a long run's old series
+                del self._series[next(iter(self._series))]
+            scope = self._series[series] = Counts()
+        return self.total, scope
 
     def _add(self, series: int | None, name: str, n: int = 1) -> None:
         with self._lock:
@@ -87,7 +90,10 @@ class Accounting:
                 setattr(c, name, getattr(c, name) + n)
 
     def received(self, series: int | None) -> None:
-        self._add(series, "received")
+        with self._lock:  # once per frame: written out, not through _add
+            total, scope = self._scopes(series)
+            total.received += 1
+            scope.received += 1
 
     def reconstructed(self, series: int | None, n: int = 1) -> None:
         self._add(series, "reconstructed", n)

@@ -11,7 +11,7 @@ import logging
 
 import numpy as np
 
-from cdistream.roi import BadPixels, PeakTracker, RoiConfig, RoiRejected, extract
+from cdistream.roi import BadPixels, PeakTracker, RoiConfig, RoiRejected, extract, warm
 from cdistream.wire import DecodeError, Frame, Message, SeriesEnd, SeriesStart
 
 from .accounting import Accounting
@@ -134,6 +134,8 @@ class Ingest:
         self._run += 1
         self._series, self._last_frame = start, -1
         self.tracker.reset()
+        if isinstance(start.dtype, str):
+            warm(start.dtype)  # the ROI's compiled loops, before the first frame waits for them
         self._bad = None if start.mask is None else BadPixels.from_mask(start.mask)
         meta = start.meta or {}
         self._saturation = self._roi.saturation

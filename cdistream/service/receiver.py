@@ -64,7 +64,7 @@ class Receiver(Ingest):
         self._sock.connect(address)
         self._decoder = decoder
         self._stop = threading.Event()
-        self.cpu_seconds = 0.0
+        self.cpu = (0.0, 0)  # (this thread's CPU seconds, frames received by then)
         self._thread = threading.Thread(target=self._loop, name="cdistream-receiver", daemon=True)
 
     @property
@@ -92,7 +92,8 @@ class Receiver(Ingest):
                 self.connection.handle()
             if self._sock in ready:
                 self._drain()
-            self.cpu_seconds = time.thread_time()  # this thread's CPU time: the ingest core
+            # this thread's CPU time (the ingest core) and the frames it covers, read together
+            self.cpu = (time.thread_time(), self._acct.total.received)
 
     def _drain(self, most: int = 256) -> None:
         """Every message waiting (up to ``most``): one poll per burst, not per frame."""

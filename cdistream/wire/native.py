@@ -15,7 +15,7 @@ from .messages import DecodeError, Frame, Message, SeriesEnd, SeriesStart
 __all__ = ["PROTOCOL", "Decoder", "Encoder", "decode", "encode"]
 
 PROTOCOL = "cdistream-native-1"
-_DTYPES = {"uint8", "uint16", "uint32", "int32", "float32"}
+_DTYPES = {name: np.dtype(name) for name in ("uint8", "uint16", "uint32", "int32", "float32")}
 
 
 def encode(message: Message) -> list[Any]:
@@ -54,7 +54,7 @@ def _geometry(header: dict) -> tuple[tuple[int, int], np.dtype]:
     name = required(header, "dtype", str)
     if name not in _DTYPES:
         raise DecodeError("bad_dtype", f"dtype {name!r} not in {sorted(_DTYPES)}")
-    dtype = np.dtype(name)
+    dtype = _DTYPES[name]
     image_bytes(shape, dtype)
     return shape, dtype
 
