@@ -11,7 +11,7 @@ import numpy as np
 from cdistream.inference import Reconstructor
 from cdistream.inference.registration import SeriesRegistration
 from cdistream.inference.result import finish
-from cdistream.roi import BadPixels, PeakTracker, RoiConfig, extract
+from cdistream.roi import BadPixels, PeakTracker, RoiConfig, extract, warm
 from cdistream.service.documents import RunComposer
 from cdistream.wire import Frame, SeriesStart, packb
 from cdistream.wire.formats import make_decoder, make_encoder
@@ -49,6 +49,7 @@ def stage_costs(rec: Reconstructor, calls: int = 400) -> dict[str, float]:
         ]
         costs[name] = _us_per_call(lambda i, d=decoder, w=wire: d.decode(w[i % 16]), calls)
     bad, roi = BadPixels.from_mask(detector.mask()), RoiConfig(rec.n)
+    warm(detector.dtype)  # compiled at the series' start in the service too, not timed here
     costs["roi_512x512"] = _us_per_call(lambda i: extract(images[i % 16], roi, bad), calls)
     tracker = PeakTracker()  # the service's way: a window around the last frame's peak
     costs["roi_512x512_tracked"] = _us_per_call(
