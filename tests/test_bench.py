@@ -23,6 +23,8 @@ def test_bench_pieces_run_and_report(tiny_reconstructor, tmp_path):
     assert paced["latency_ms"]["p99"] >= paced["latency_ms"]["p50"] > 0
     ingest = pipeline.ingest_rate(200, shape=(128, 128))
     assert ingest["frames_per_s"] > 0 and not ingest["rejected"]
+    capacity = pipeline.ingest_capacity(200, shape=(128, 128))
+    assert capacity["frames_per_cpu_s"] > 0 and not capacity["rejected"]
     out = tmp_path / "bench.json"
     out.write_text(json.dumps({"model": rates, "end_to_end": run, "ingest": ingest}))
     assert json.loads(out.read_text())["end_to_end"]["frames"] == 60
@@ -42,5 +44,6 @@ def test_cdistream_bench_quick_writes_json_and_plot(tmp_path, capsys):
     assert results["end_to_end"]["reconstructed"] > 0
     assert [run["fraction"] for run in results["latency"]] == [0.1, 0.5, 0.8]
     assert set(results["ingest"]) == {"raw_uint16_512", "bslz4_uint16_512"}
+    assert set(results["ingest_capacity"]) == {"raw_uint16_512", "bslz4_uint16_512"}
     assert all(v > 0 for v in results["stages_us"].values())
     assert "x model-only" in capsys.readouterr().out

@@ -15,14 +15,14 @@ import numpy as np
 import zmq
 
 from cdistream.inference import Reconstructor
-from cdistream.roi import RoiConfig
+from cdistream.roi import RoiConfig, warm
 from cdistream.service import Accounting, Service, ServiceConfig
 from cdistream.service.queue import FrameQueue
 from cdistream.service.receiver import Receiver
 from cdistream.wire import unpackb
 from cdistream.wire.formats import make_decoder
 
-__all__ = ["end_to_end", "ingest_rate"]
+__all__ = ["end_to_end", "ingest_capacity", "ingest_rate"]
 
 LOOPBACK = "tcp://127.0.0.1"
 
@@ -47,7 +47,7 @@ def _detector(
     cpus: set[int] | None = None,
 ):
     """A sim_detector process bound on a free port (on ``cpus`` if given); yields its
-    address."""
+    address and the process."""
     address = f"{LOOPBACK}:{_free_port()}"
     cmd = [
         sys.executable,
@@ -79,7 +79,7 @@ def _detector(
     if cpus:
         os.sched_setaffinity(proc.pid, cpus)
     try:
-        yield address
+        yield address, proc
         proc.wait(timeout=600)
     finally:
         proc.kill()
@@ -139,7 +139,7 @@ def end_to_end(
     ``refine_above``: the trust gate's threshold, as ``serve --refine-above``; ``workers``:
     reconstruct in that many worker processes over PVA, as ``serve --workers``."""
     socket = "pub" if rate else "push"
-    with _detector(frames, rate, socket, shape, scenario=scenario) as address:
+    with _detector(frames, rate, socket, shape, scenario=scenario) as (address, _):
         config = ServiceConfig(
             input=address,
             socket={"pub": "sub", "push": "pull"}[socket],
@@ -203,7 +203,8 @@ def _ingest_pass(frames, shape, format, compression, context: zmq.Context) -> di
     # oldest crops make way (a queue of every frame would time the garbage collector)
     queue = FrameQueue(256, lambda item: None)
     detector_cpus, ingest_cpus = _split_cpus()
-    with _detector(frames, None, "push", shape, format, compression, cpus=detector_cpus) as address:
+    detector = _detector(frames, None, "push", shape, format, compression, cpus=detector_cpus)
+    with detector as (address, _):
         with _affinity(ingest_cpus):  # the receiver thread
             receiver = Receiver(
                 address, "pull", make_decoder(format), RoiConfig(), queue, accounting, context
@@ -258,4 +259,69 @@ def ingest_rate(
         "receiver_us_per_frame": 1e6 / per_cpu if per_cpu else float("nan"),
         "passes": [{k: round(r[k]) for k in ("frames_per_s", "frames_per_cpu_s")} for r in runs],
         "rejected": {k: v for r in runs for k, v in r["rejected"].items()},
+    }
+
+
+def ingest_capacity(
+    frames: int,
+    shape: tuple[int, int] = (512, 512),
+    format: str = "native",
+    compression: str = "none",
+    passes: int = 1,
+) -> dict:
+    """Frames/s one core of ingest sustains when it is the bottleneck: the detector process
+    sends ``frames`` frames into the receiver's socket first (ZeroMQ's I/O thread takes them
+    off the wire), then the receiver thread alone takes them from ZeroMQ, decodes and crops
+    them, with no input to wait for; wall and CPU time of that thread, median of ``passes``."""
+    runs = []
+    with _affinity(_split_cpus()[1]):
+        context = zmq.Context()
+        context.socket(zmq.PULL).close()
+    try:
+        for _ in range(max(passes, 1)):
+            runs.append(_capacity_pass(frames, shape, format, compression, context))
+    finally:
+        context.term()
+    return {
+        "format": format,
+        "compression": compression,
+        "frames": frames,
+        "frames_per_s": float(np.median([r["frames_per_s"] for r in runs])),
+        "frames_per_cpu_s": float(np.median([r["frames_per_cpu_s"] for r in runs])),
+        "passes": [{k: round(r[k]) for k in ("frames_per_s", "frames_per_cpu_s")} for r in runs],
+        "rejected": {k: v for r in runs for k, v in r["rejected"].items()},
+    }
+
+
+def _capacity_pass(frames, shape, format, compression, context: zmq.Context) -> dict:
+    accounting = Accounting()
+    queue = FrameQueue(256, lambda item: None)
+    frame_bytes = shape[0] * shape[1] * 2
+    detector_cpus, ingest_cpus = _split_cpus()
+    warm("uint16")  # compiled at the series' start in the service; not what is measured here
+    with _detector(
+        frames, None, "push", shape, format, compression, cpus=detector_cpus
+    ) as (address, detector):
+        with _affinity(ingest_cpus):  # the socket connects, ZeroMQ's I/O thread fills it
+            receiver = Receiver(
+                address, "pull", make_decoder(format), RoiConfig(), queue, accounting, context,
+                buffer_bytes=(frames + 16) * frame_bytes, max_frame_bytes=frame_bytes,
+            )
+        detector.wait(timeout=600)  # it exits once every frame is in our socket's buffers
+        time.sleep(0.5)  # the I/O thread's last reads from the kernel
+        with _affinity(ingest_cpus):
+            start = time.perf_counter()
+            receiver.start()
+        deadline = time.monotonic() + 600
+        while accounting.total.received < frames and time.monotonic() < deadline:
+            time.sleep(0.001)
+        elapsed = time.perf_counter() - start
+        while receiver.cpu[1] < frames and time.monotonic() < deadline:
+            time.sleep(0.001)  # the receiver's reading after its last frame
+        cpu, counted = receiver.cpu
+        receiver.stop()
+    return {
+        "frames_per_s": counted / elapsed,
+        "frames_per_cpu_s": counted / cpu if cpu > 0 else 0.0,
+        "rejected": dict(accounting.total.rejected),
     }

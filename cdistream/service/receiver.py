@@ -97,9 +97,14 @@ class Receiver(Ingest):
 
     def _drain(self, most: int = 256) -> None:
         """Every message waiting (up to ``most``): one poll per burst, not per frame."""
+        recv = self._sock.recv
         for _ in range(most):
-            try:
-                parts = self._sock.recv_multipart(zmq.NOBLOCK, copy=False)
+            try:  # pyzmq's recv_multipart, without its per-part socket option calls
+                part = recv(zmq.NOBLOCK, copy=False)
+                parts = [part]
+                while part.more:  # ZeroMQ delivers a message's parts together
+                    part = recv(zmq.NOBLOCK, copy=False)
+                    parts.append(part)
             except zmq.Again:
                 return
             try:

@@ -49,10 +49,11 @@ def required(
 
 def image_shape(dims: Any, series: int | None = None, frame: int | None = None) -> tuple[int, int]:
     """Two positive integers of at most 65536, as (first, second) in the order given."""
-    if not (
-        isinstance(dims, list | tuple)
+    if not (  # written out, not a generator: this runs for every frame
+        isinstance(dims, (list, tuple))  # noqa: UP038
         and len(dims) == 2
-        and all(isinstance(d, int) and not isinstance(d, bool) and 0 < d <= 65536 for d in dims)
+        and isinstance(dims[0], int) and not isinstance(dims[0], bool) and 0 < dims[0] <= 65536
+        and isinstance(dims[1], int) and not isinstance(dims[1], bool) and 0 < dims[1] <= 65536
     ):
         raise DecodeError("bad_shape", f"shape {dims!r} is not 2-D", series, frame)
     return dims[0], dims[1]
