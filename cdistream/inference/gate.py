@@ -9,11 +9,16 @@ support IoU against the truth is below 0.7, pooled over every measured condition
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .result import Reconstruction
+from .result import Reconstruction, finish
+
+if TYPE_CHECKING:
+    from .reconstructor import Reconstructor
 
 __all__ = [
     "REFINE_ABOVE",
@@ -59,6 +64,23 @@ class TrustGate:
     def __init__(self, threshold: float = REFINE_ABOVE, iterations: int = REFINE_ITERATIONS):
         self.threshold, self.iterations = threshold, iterations
         self._seconds_per_frame = 2e-3  # a first guess, replaced by measurement
+
+    def reconstruct(
+        self,
+        reconstructor: Reconstructor,
+        measured: np.ndarray,
+        valid: np.ndarray | None,
+        refine: bool,
+        budget_s: Callable[[], float] = lambda: float("inf"),
+    ) -> GateOutcome:
+        """A batch through the networks, finished, and with ``refine`` its frames above the
+        threshold refined within ``budget_s()`` seconds, asked once the networks are done."""
+        raw = reconstructor.predict(measured, valid)
+        result = finish(measured, *raw, valid)
+        if not refine:
+            trusted = result.chi2 <= self.threshold
+            return GateOutcome(result, np.zeros(len(result), bool), trusted, 0)
+        return self.apply(measured, valid, raw, result, budget_s())
 
     def apply(
         self,

@@ -24,7 +24,6 @@ import numpy as np
 
 from cdistream.inference import Reconstructor
 from cdistream.inference.gate import REFINE_ITERATIONS, TrustGate
-from cdistream.inference.result import finish
 
 __all__ = ["FRAME_TYPE", "RESULT_TYPE", "ReconstructionProcessor", "frame_pv", "result_fields"]
 
@@ -177,12 +176,10 @@ class ReconstructionProcessor(UserDataProcessor):
         uids = [uid for uid, _, _ in items]
         magnitudes = np.stack([m for _, m, _ in items])
         valid = np.stack([v for _, _, v in items])
-        raw = self.reconstructor.predict(magnitudes, valid)
-        result = finish(magnitudes, *raw, valid)
-        refined = np.zeros(len(items), bool)
-        if self.refine_above is not None:
-            outcome = self.gate.apply(magnitudes, valid, raw, result, float("inf"))
-            result, refined = outcome.result, outcome.refined
+        outcome = self.gate.reconstruct(
+            self.reconstructor, magnitudes, valid, self.refine_above is not None
+        )
+        result, refined = outcome.result, outcome.refined
         for k, uid in enumerate(uids):
             self.pvaServer.update(self.outputChannel, self._result(uid, (result, refined, k)))
         self.reconstructed += len(items)

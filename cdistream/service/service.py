@@ -415,25 +415,24 @@ class Service:
     def _reconstruct(self, batch: list[FrameItem]) -> None:
         started = time.perf_counter()
         magnitudes, valid = FrameQueue.stack(batch)
-        raw = self.reconstructor.predict(magnitudes, valid)
-        result = finish(magnitudes, *raw, valid)
-        run = batch[0].run
-        refined = np.zeros(len(batch), bool)
-        if self.config.refine_above is not None:
-            # nothing waiting: refine every flagged frame (latency is this batch's alone);
-            # frames waiting: the worst first, for at most max wait + one full batch's compute,
-            # so a waiting frame's latency stays within 2 x (max wait + one batch's compute)
-            budget = (
-                float("inf")
-                if len(self._queue) == 0
-                else self.config.max_wait_ms / 1e3
-                + max(self._full_batch_s, time.perf_counter() - started)
-            )
-            outcome = self.gate.apply(magnitudes, valid, raw, result, budget)
-            result, refined = outcome.result, outcome.refined
-            if outcome.skipped:
-                self.accounting.notice(run, "refine_skipped", outcome.skipped)
-        self._publish(batch, result, refined, started)
+        refine = self.config.refine_above is not None
+        outcome = self.gate.reconstruct(
+            self.reconstructor, magnitudes, valid, refine, lambda: self._refine_budget(started)
+        )
+        if outcome.skipped:
+            self.accounting.notice(batch[0].run, "refine_skipped", outcome.skipped)
+        self._publish(batch, outcome.result, outcome.refined, started)
+
+    def _refine_budget(self, started: float) -> float:
+        """Seconds the gate may refine for. Nothing waiting: every flagged frame (latency is
+        this batch's alone); frames waiting: the worst first, for at most max wait + one full
+        batch's compute, so a waiting frame's latency stays within 2 x (max wait + one batch's
+        compute)."""
+        if len(self._queue) == 0:
+            return float("inf")
+        return self.config.max_wait_ms / 1e3 + max(
+            self._full_batch_s, time.perf_counter() - started
+        )
 
     def _publish(self, batch: list[FrameItem], result, refined, started: float) -> None:
         """Register on the run's previous frame, compose the events, archive, show."""
