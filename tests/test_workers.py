@@ -1,12 +1,15 @@
 """``cdistream serve --workers 2``: the reconstruction stage in two ``pvapy-hpc-consumer``
 processes behind PVAccess (loopback only, see conftest), the detector and the service as
 processes, as at a beamline. One Bluesky run per series, events in frame order, nothing missed;
-a worker killed mid-series costs its outstanding frames, counted, and nothing else."""
+a worker killed mid-series costs its outstanding frames, counted, and nothing else, and is
+started again."""
 
 from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -34,6 +37,35 @@ def test_the_sequencer_keeps_order_and_gives_up_on_overdue_frames():
     assert seq.ready(take, now=time.monotonic()) == [[("frame1", "r1"), ("frame2", "r2")]]
     out = seq.ready(take, now=time.monotonic() + 5)  # frame 3 never comes
     assert out == [Lost("frame3", 3), "end"] and len(seq) == 0
+
+
+def test_a_worker_that_keeps_dying_young_is_restarted_ever_more_slowly():
+    """The pool's restart policy on real processes that exit at once (a worker whose model
+    cannot load): never a tight loop; one that had run a while comes back after a second."""
+    from cdistream.service.pva_pool import WorkerPool
+
+    class ExitingWorkers(WorkerPool):
+        def _spawn(self, worker: int) -> None:  # a process that exits at once, not a worker
+            self.processes[worker] = subprocess.Popen([sys.executable, "-c", "pass"])
+            self._started[worker] = time.monotonic()
+
+    pool = ExitingWorkers(f"cdistream:test{free_port()}", 1, {"max_batch": 4}, spawn=False)
+    try:
+        t0 = time.monotonic()
+        pool._spawn(1)
+        pool.processes[1].wait(10)
+        assert pool.revive(t0 + 1) == [], "seen dead, 1 s after it started: wait 2 s"
+        assert pool.revive(t0 + 2.9) == []
+        assert pool.revive(t0 + 3.1) == [1]
+        pool.processes[1].wait(10)
+        assert pool.revive(t0 + 4) == [], "dead young again: wait 4 s"
+        assert pool.revive(t0 + 7.9) == []
+        assert pool.revive(t0 + 8.1) == [1]
+        pool.processes[1].wait(10)
+        pool._started[1] = t0 - 100  # it had worked for 100 s before it exited
+        assert pool.revive(t0 + 9) == [] and pool.revive(t0 + 10.1) == [1]
+    finally:
+        pool.close()
 
 
 def _worker_pids(prefix: str) -> dict[int, int]:
@@ -79,9 +111,21 @@ def test_two_workers_one_run_in_order_and_a_killed_worker_costs_only_its_frames(
         killer.start()
         simulate(detector, 2, 1000, 100)
         killer.join()
-        docs = sink.collect(stops=2, timeout=180)
+        docs = list(sink.collect(stops=2, timeout=180))
+
+        # the service started worker 1 again; a third series is whole
+        deadline = time.monotonic() + 60
+        while _worker_pids(prefix).get(1) in (None, workers[1]) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        restarted = _worker_pids(prefix)
+        assert sorted(restarted) == [1, 2] and restarted[1] != workers[1], restarted
+        simulate(detector, 3, 300, 100)
+        third = sink.collect(stops=3, timeout=180)
     finally:
         counts = stop(proc, timeout=120)
+    third_stop = [d for n, d in third if n == "stop"][2]["cdistream"]
+    assert third_stop["reconstructed"] == third_stop["received"] == 300, third_stop
+    assert counts["notices"].get("worker_restarted", 0) >= 1, counts
     validate(docs)
     starts = [d for n, d in docs if n == "start"]
     assert len(starts) == 2, "one run per series"
@@ -103,4 +147,4 @@ def test_two_workers_one_run_in_order_and_a_killed_worker_costs_only_its_frames(
     assert len(frames) == 1000 - lost
     rejected = [d for n, d in docs if n == "event" and d["data"].get("reason") == "lost_in_worker"]
     assert len(rejected) == lost, "each lost frame is named in the rejected stream"
-    assert counts["received"] == accounted_counts(counts) == 2000
+    assert counts["received"] == accounted_counts(counts) == 2300

@@ -28,6 +28,8 @@ from .pva_worker import frame_pv, result_fields
 __all__ = ["SERVER_QUEUE", "WorkerPool", "consumer_command"]
 
 SERVER_QUEUE = 1000  # PVA updates the server queues for each worker's monitor
+LIVED_S = 60.0  # a worker that ran this long before it exited is restarted after 1 s
+MOST_PAUSE_S = 60.0  # the longest pause before restarting a worker that keeps dying young
 
 log = logging.getLogger(__name__)
 
@@ -81,19 +83,58 @@ class WorkerPool:
         self._results: dict[int, dict] = {}
         self.ready: set[int] = set()
         self.processes: dict[int, subprocess.Popen] = {}
+        self._args = processor_args
+        self._started: dict[int, float] = {}
+        self._exited: dict[int, float] = {}  # worker -> when its exit was seen
+        self._young_deaths: dict[int, int] = {}  # worker -> exits in a row before LIVED_S
         if spawn:
             for k in range(1, workers + 1):
-                self.processes[k] = subprocess.Popen(
-                    consumer_command(prefix, k, processor_args),
-                    stdin=subprocess.DEVNULL,
-                    stdout=subprocess.DEVNULL,
-                    start_new_session=True,  # a Ctrl-C to the service is the service's to pass
-                )
+                self._spawn(k)
         self._channels = []
         for k in range(1, workers + 1):
             channel = pva.Channel(f"{prefix}:worker:{k}:output", pva.PVA)
             channel.monitor(self._arrived, "record[queueSize=1000]field()")
             self._channels.append(channel)
+
+    def _spawn(self, worker: int) -> None:
+        self.processes[worker] = subprocess.Popen(
+            consumer_command(self.prefix, worker, self._args),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            start_new_session=True,  # a Ctrl-C to the service is the service's to pass
+        )
+        self._started[worker] = time.monotonic()
+
+    def revive(self, now: float | None = None) -> list[int]:
+        """Start again each worker this process started that has exited; the ids started.
+        One that had run for a while comes back after a second; one that keeps dying young
+        (a model it cannot load, a host out of memory) after a pause that doubles each time,
+        up to a minute, so that it never restarts in a tight loop."""
+        now = time.monotonic() if now is None else now
+        started = []
+        for k, process in self.processes.items():
+            if process.poll() is None:
+                continue
+            if k not in self._exited:
+                lived = now - self._started[k]
+                deaths = 0 if lived >= LIVED_S else self._young_deaths.get(k, 0) + 1
+                self._young_deaths[k], self._exited[k] = deaths, now
+                log.warning("worker %d exited (code %s) after %.0f s; starting it again in"
+                            " %.0f s", k, process.returncode, lived, self._pause(k))
+            if now - self._exited[k] >= self._pause(k):
+                try:
+                    self._spawn(k)
+                except OSError as exc:  # no processes or files left: try again, later
+                    log.error("worker %d could not be started again: %s", k, exc)
+                    self._young_deaths[k] += 1
+                    self._exited[k] = now
+                    continue
+                del self._exited[k]
+                started.append(k)
+        return started
+
+    def _pause(self, worker: int) -> float:
+        return min(2.0 ** self._young_deaths[worker], MOST_PAUSE_S)
 
     def _arrived(self, pv) -> None:
         """pvapy's monitor callback (results are copied out: pvapy reuses its structure)."""

@@ -112,11 +112,14 @@ class ReconstructionProcessor(UserDataProcessor):
                                         daemon=True)
         self.reconstructed = 0
         self.failed = 0
+        # here, not in start(): pvapy-hpc-consumer makes its processor before it subscribes to
+        # the frames and starts it after, so a worker (re)joining a running pipeline is handed
+        # frames only once it can reconstruct them
+        self.reconstructor = Reconstructor.load(self.models)
+        self.reconstructor.warm_up()
 
     # -- pvapy's interface -------------------------------------------------------------------
     def start(self) -> None:
-        self.reconstructor = Reconstructor.load(self.models)
-        self.reconstructor.warm_up()
         self.pvaServer.addRecord(self.outputChannel, self._result(0, None))  # ready
         self._thread.start()
         log.info("worker %s ready on %s", self.processorId, self.outputChannel)

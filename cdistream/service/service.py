@@ -326,6 +326,7 @@ class Service:
                 self._control(work)
             if self.pool is not None:
                 self._collect()
+                self._guarded("restart_workers", self._revive_workers)
             if time.monotonic() >= next_status:
                 log.info("status: %s queued=%d", self.accounting.snapshot(), len(self._queue))
                 next_status = time.monotonic() + self.config.status_interval
@@ -358,6 +359,13 @@ class Service:
                               Rejection(out.item.run, out.item.frame, "lost_in_worker"))
             else:
                 self._control(out)
+
+    def _revive_workers(self) -> None:
+        """Workers this service started that died are started again (their outstanding frames
+        are already counted as lost by the sequencer)."""
+        for worker in self.pool.revive():
+            self.accounting.notice(self._open.run if self._open else None, "worker_restarted")
+            log.info("worker %d started again", worker)
 
     def _guarded(self, stage: str, fn: Callable, *args) -> None:
         """Run a step outside a batch; an error is logged, counted by name, and ends the run
