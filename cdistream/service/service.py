@@ -407,21 +407,26 @@ class Service:
         return best
 
     def _batch(self, batch: list[FrameItem], returned: list[dict] | None = None) -> None:
-        """Reconstruct ``batch`` here, or publish what the workers ``returned`` for it."""
+        """Reconstruct ``batch`` here, or take what the workers ``returned`` for it, then
+        publish; a failure costs the batch, counted by the stage it happened in."""
+        reason = "inference_error"
         try:
+            started = time.perf_counter()
             if returned is None:
-                self._reconstruct(batch)
+                result, refined = self._reconstruct(batch, started)
             else:
-                self._publish(batch, *returned_results(returned), time.perf_counter())
+                result, refined = returned_results(returned)
+            reason = "publish_error"
+            self._publish(batch, result, refined, started)
         except Exception:  # one bad batch must not stop the service: count, go on
-            log.exception("inference failed on %d frames", len(batch))
+            log.exception("%s on %d frames", reason, len(batch))
             for item in batch:
-                self.accounting.rejected(item.run, "inference_error")
+                self.accounting.rejected(item.run, reason)
                 self._guarded("publish_rejection", self._reject,
-                              Rejection(item.run, item.frame, "inference_error"))
+                              Rejection(item.run, item.frame, reason))
 
-    def _reconstruct(self, batch: list[FrameItem]) -> None:
-        started = time.perf_counter()
+    def _reconstruct(self, batch: list[FrameItem], started: float):
+        """The batch through the networks here, refined where the gate says so."""
         magnitudes, valid = FrameQueue.stack(batch)
         refine = self.config.refine_above is not None
         outcome = self.gate.reconstruct(
@@ -429,7 +434,7 @@ class Service:
         )
         if outcome.skipped:
             self.accounting.notice(batch[0].run, "refine_skipped", outcome.skipped)
-        self._publish(batch, outcome.result, outcome.refined, started)
+        return outcome.result, outcome.refined
 
     def _refine_budget(self, started: float) -> float:
         """Seconds the gate may refine for. Nothing waiting: every flagged frame (latency is
