@@ -231,6 +231,29 @@ def _ingest_pass(frames, shape, format, compression, context: zmq.Context) -> di
     }
 
 
+def _summary(one_pass, frames, shape, format, compression, passes) -> dict:
+    """``passes`` runs of ``one_pass`` over one ZeroMQ context (the service has one for its
+    lifetime), their medians and each pass (shared machines are noisy)."""
+    with _affinity(_split_cpus()[1]):  # ZeroMQ's I/O thread starts with the first socket
+        context = zmq.Context()
+        context.socket(zmq.PULL).close()
+    try:
+        runs = [one_pass(frames, shape, format, compression, context) for _ in range(passes)]
+    finally:
+        context.term()
+    per_cpu = float(np.median([r["frames_per_cpu_s"] for r in runs]))
+    return {
+        "format": format,
+        "compression": compression,
+        "frames": frames,
+        "frames_per_s": float(np.median([r["frames_per_s"] for r in runs])),
+        "frames_per_cpu_s": per_cpu,  # one core of ingest: frames per CPU-second of its thread
+        "receiver_us_per_frame": 1e6 / per_cpu if per_cpu else float("nan"),
+        "passes": [{k: round(r[k]) for k in ("frames_per_s", "frames_per_cpu_s")} for r in runs],
+        "rejected": {k: v for r in runs for k, v in r["rejected"].items()},
+    }
+
+
 def ingest_rate(
     frames: int,
     shape: tuple[int, int] = (512, 512),
@@ -240,26 +263,8 @@ def ingest_rate(
 ) -> dict:
     """Frames/s of receive + decode + ROI alone (the service's receiver thread, one core),
     fed by a detector process pushing pre-rendered (and pre-compressed) frames from a CPU of
-    its own; the median of ``passes`` runs (shared machines are noisy), each one listed."""
-    with _affinity(_split_cpus()[1]):  # ZeroMQ's I/O thread starts with the first socket
-        context = zmq.Context()
-        context.socket(zmq.PULL).close()
-    try:  # one context for every pass, as the service has one for its lifetime
-        runs = [_ingest_pass(frames, shape, format, compression, context) for _ in range(passes)]
-    finally:
-        context.term()
-    wall = float(np.median([r["frames_per_s"] for r in runs]))
-    per_cpu = float(np.median([r["frames_per_cpu_s"] for r in runs]))
-    return {
-        "format": format,
-        "compression": compression,
-        "frames": frames,
-        "frames_per_s": wall,
-        "frames_per_cpu_s": per_cpu,  # one core of ingest: frames per CPU-second of its thread
-        "receiver_us_per_frame": 1e6 / per_cpu if per_cpu else float("nan"),
-        "passes": [{k: round(r[k]) for k in ("frames_per_s", "frames_per_cpu_s")} for r in runs],
-        "rejected": {k: v for r in runs for k, v in r["rejected"].items()},
-    }
+    its own: wall, and per CPU-second of the receiver thread; medians of ``passes``."""
+    return _summary(_ingest_pass, frames, shape, format, compression, passes)
 
 
 def ingest_capacity(
@@ -272,25 +277,8 @@ def ingest_capacity(
     """Frames/s one core of ingest sustains when it is the bottleneck: the detector process
     sends ``frames`` frames into the receiver's socket first (ZeroMQ's I/O thread takes them
     off the wire), then the receiver thread alone takes them from ZeroMQ, decodes and crops
-    them, with no input to wait for; wall and CPU time of that thread, median of ``passes``."""
-    runs = []
-    with _affinity(_split_cpus()[1]):
-        context = zmq.Context()
-        context.socket(zmq.PULL).close()
-    try:
-        for _ in range(max(passes, 1)):
-            runs.append(_capacity_pass(frames, shape, format, compression, context))
-    finally:
-        context.term()
-    return {
-        "format": format,
-        "compression": compression,
-        "frames": frames,
-        "frames_per_s": float(np.median([r["frames_per_s"] for r in runs])),
-        "frames_per_cpu_s": float(np.median([r["frames_per_cpu_s"] for r in runs])),
-        "passes": [{k: round(r[k]) for k in ("frames_per_s", "frames_per_cpu_s")} for r in runs],
-        "rejected": {k: v for r in runs for k, v in r["rejected"].items()},
-    }
+    them, with no input to wait for; wall and CPU time of that thread, medians of ``passes``."""
+    return _summary(_capacity_pass, frames, shape, format, compression, passes)
 
 
 def _capacity_pass(frames, shape, format, compression, context: zmq.Context) -> dict:
