@@ -209,21 +209,27 @@ def _ingest_pass(frames, shape, format, compression, context: zmq.Context) -> di
             receiver = Receiver(
                 address, "pull", make_decoder(format), RoiConfig(), queue, accounting, context
             )
+            started = time.perf_counter()
             receiver.start()
-        first, deadline = None, time.monotonic() + 600
-        while accounting.total.received < frames:
-            if first is None and receiver.cpu[1]:  # after the first frames: no start-up cost
-                first = (time.perf_counter(), accounting.total.received, receiver.cpu)
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"ingest stalled: {accounting.snapshot()}")
-            time.sleep(0.01)
-        elapsed = time.perf_counter() - first[0]
-        got = accounting.total.received - first[1]
-        deadline = time.monotonic() + 10
-        while receiver.cpu[1] < frames and time.monotonic() < deadline:
-            time.sleep(0.01)  # the receiver's reading after its last frame
-        (cpu0, counted0), (cpu1, counted1) = first[2], receiver.cpu
-        receiver.stop()
+        try:
+            # measured from the receiver's first reading after the first frames (no start-up
+            # cost), or from its start when every frame came in its first burst
+            first, deadline = None, time.monotonic() + 600
+            while accounting.total.received < frames:
+                if first is None and receiver.cpu[1]:
+                    first = (time.perf_counter(), accounting.total.received, receiver.cpu)
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"ingest stalled: {accounting.snapshot()}")
+                time.sleep(0.01)
+            first = first or (started, 0, (0.0, 0))
+            elapsed = time.perf_counter() - first[0]
+            got = accounting.total.received - first[1]
+            deadline = time.monotonic() + 10
+            while receiver.cpu[1] < frames and time.monotonic() < deadline:
+                time.sleep(0.01)  # the receiver's reading after its last frame
+            (cpu0, counted0), (cpu1, counted1) = first[2], receiver.cpu
+        finally:
+            receiver.stop()
     return {
         "frames_per_s": got / elapsed,  # wall: bounded by the sender and loopback copies too
         "frames_per_cpu_s": (counted1 - counted0) / (cpu1 - cpu0) if cpu1 > cpu0 else 0.0,
@@ -295,19 +301,21 @@ def _capacity_pass(frames, shape, format, compression, context: zmq.Context) -> 
                 address, "pull", make_decoder(format), RoiConfig(), queue, accounting, context,
                 buffer_bytes=(frames + 16) * frame_bytes, max_frame_bytes=frame_bytes,
             )
-        detector.wait(timeout=600)  # it exits once every frame is in our socket's buffers
-        time.sleep(0.5)  # the I/O thread's last reads from the kernel
-        with _affinity(ingest_cpus):
-            start = time.perf_counter()
-            receiver.start()
-        deadline = time.monotonic() + 600
-        while accounting.total.received < frames and time.monotonic() < deadline:
-            time.sleep(0.001)
-        elapsed = time.perf_counter() - start
-        while receiver.cpu[1] < frames and time.monotonic() < deadline:
-            time.sleep(0.001)  # the receiver's reading after its last frame
-        cpu, counted = receiver.cpu
-        receiver.stop()
+        try:
+            detector.wait(timeout=600)  # it exits once every frame is in our socket's buffers
+            time.sleep(0.5)  # the I/O thread's last reads from the kernel
+            with _affinity(ingest_cpus):
+                start = time.perf_counter()
+                receiver.start()
+            deadline = time.monotonic() + 600
+            while accounting.total.received < frames and time.monotonic() < deadline:
+                time.sleep(0.001)
+            elapsed = time.perf_counter() - start
+            while receiver.cpu[1] < frames and time.monotonic() < deadline:
+                time.sleep(0.001)  # the receiver's reading after its last frame
+            cpu, counted = receiver.cpu
+        finally:
+            receiver.stop()
     return {
         "frames_per_s": counted / elapsed,
         "frames_per_cpu_s": counted / cpu if cpu > 0 else 0.0,

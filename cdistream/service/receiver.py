@@ -77,7 +77,8 @@ class Receiver(Ingest):
     def stop(self, reason: str = "the service stopped before the detector series ended") -> None:
         """Stop receiving and close an open series; what is queued stays for the worker."""
         self._stop.set()
-        self._thread.join()
+        if self._thread.ident is not None:  # started
+            self._thread.join()
         self.connection.close()
         self._sock.close(linger=0)
         self.close_series(reason)
