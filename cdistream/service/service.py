@@ -24,15 +24,12 @@ from cdistream.inference import Reconstructor
 from cdistream.inference.gate import REFINE_ABOVE, REFINE_ITERATIONS, TrustGate
 from cdistream.inference.registration import SeriesRegistration
 from cdistream.inference.result import SUPPORT_THRESHOLD, Reconstruction, finish
-from cdistream.roi import RoiConfig
-from cdistream.wire import SeriesEnd
+from cdistream.roi import RoiConfig, warm
 from cdistream.wire.documents_safe import document_safe
 from cdistream.wire.formats import DEFAULT_SOCKET, make_decoder
 from cdistream.wire.ntndarray import NAME as PVA_FORMAT
 
 from .accounting import Accounting, CountsDict
-from .archive import ArchiveError, RunArchive
-from .documents import RunComposer
 from .feedback import FeedbackPublisher
 from .metrics import ServiceMetrics
 from .options import checked
@@ -40,6 +37,7 @@ from .pva_input import PvaReceiver
 from .pva_output import PvaOutput
 from .queue import FrameItem, FrameQueue, Rejection, RunEnd, RunStart
 from .receiver import DEFAULT_MAX_FRAME_BYTES, Receiver
+from .runs import RunWriter
 from .security import Curve, is_loopback
 from .sequencer import Lost, Sequencer
 
@@ -99,18 +97,6 @@ def returned_results(returned: list[dict]) -> tuple[Reconstruction, np.ndarray]:
     return result, np.array([r["refined"] for r in returned], bool)
 
 
-@dataclass
-class _Run:
-    """The run being written: its documents, archive and what went wrong in it."""
-
-    run: int
-    series: int
-    composer: RunComposer
-    archive: RunArchive | None
-    failures: list[str] = field(default_factory=list)
-    archive_failed: int = 0
-
-
 class Service:
     """Start with :meth:`start`, stop with :meth:`stop` (drains, closes the open run).
     Raises :class:`ConfigError` for options it cannot honour, before anything starts."""
@@ -157,7 +143,13 @@ class Service:
         self._next_uid = 0
         self.metrics = ServiceMetrics(self.accounting, self._gauges)
         self._receiver: Receiver | None = None
-        self._open: _Run | None = None
+        self.runs = RunWriter(
+            self.feedback,
+            self.accounting,
+            self.config.archive,
+            self.reconstructor.n,
+            self.config.roi.binning,
+        )
         self._stop = threading.Event()
         self.failed = threading.Event()  # the worker could not go on: exit non-zero
         self._worker = threading.Thread(target=self._work, name="cdistream-worker", daemon=True)
@@ -167,6 +159,8 @@ class Service:
     def start(self) -> Service:
         """Warm the networks up, then connect to the detector and start working."""
         self.reconstructor.warm_up()
+        for dtype in ("uint16", "uint32"):  # what detectors send: compiled before the first
+            warm(dtype)  # series, whose first frames would otherwise wait for it
         if self.config.refine_above is not None and not self.config.workers:
             self._full_batch_s = self._time_full_batch()  # the gate's budget under load
         if self.config.workers:
@@ -245,8 +239,8 @@ class Service:
         self._stop.set()
         if self._worker.is_alive():
             self._worker.join()
-        if self._open is not None:  # the worker died: close what it left open
-            self._close_run("abort", ["the service stopped"])
+        if self.runs.current is not None:  # the worker died: close what it left open
+            self.runs.close("abort", ["the service stopped"])
         if self.pool is not None:
             self.pool.close()
         self.metrics.close()
@@ -364,7 +358,7 @@ class Service:
         """Workers this service started that died are started again (their outstanding frames
         are already counted as lost by the sequencer)."""
         for worker in self.pool.revive():
-            self.accounting.notice(self._open.run if self._open else None, "worker_restarted")
+            self.accounting.notice(self.runs.run, "worker_restarted")
             log.info("worker %d started again", worker)
 
     def _guarded(self, stage: str, fn: Callable, *args) -> None:
@@ -374,15 +368,8 @@ class Service:
             fn(*args)
         except Exception as exc:
             log.exception("%s failed", stage)
-            run = self._open.run if self._open is not None else None
-            self.accounting.notice(run, f"{stage}_failed")
-            if self._open is not None:
-                self._open.failures.append(f"{stage} failed: {exc}")
-                try:
-                    self._close_run("fail", [])
-                except Exception:
-                    log.exception("closing the failed run failed too")
-                    self._open = None
+            self.accounting.notice(self.runs.run, f"{stage}_failed")
+            self.runs.fail(f"{stage} failed: {exc}")
 
     def _publish_dropped(self) -> None:
         with self._notice_lock:
@@ -391,8 +378,7 @@ class Service:
             self._reject(notice)
 
     def _reject(self, rejection: Rejection) -> None:
-        if self._open is not None and rejection.run == self._open.run:
-            self._open.composer.rejection(rejection.frame, rejection.reason)
+        self.runs.reject(rejection)
 
     def _time_full_batch(self) -> float:
         """Seconds the networks and the finish take for one full batch (the best of two), the
@@ -452,10 +438,7 @@ class Service:
         run = batch[0].run
         trusted = result.chi2 <= self.gate.threshold
         result = self.registration.register(result)
-        current = self._open if self._open is not None and self._open.run == run else None
-        if current is not None:
-            frames = [(i.frame, i.timestamp, i.crop) for i in batch]
-            current.composer.reconstructions(frames, result, refined, trusted)
+        self.runs.reconstructions(batch, result, refined, trusted)
         self.accounting.reconstructed(run, len(batch))  # published: counted once, here
         now = time.time()
         self.metrics.batch_size.observe(len(batch))
@@ -463,8 +446,7 @@ class Service:
         for item in batch:
             self.metrics.latency.observe(now - item.timestamp)
         self.metrics.last_frame.set(max(i.timestamp for i in batch))
-        if current is not None and current.archive is not None:
-            self._archive(current, batch, result, refined, trusted)
+        self.runs.archive(batch, result, refined, trusted)
         if self.pva_output is not None:
             self._show(batch, result, refined, trusted, now)
 
@@ -482,46 +464,7 @@ class Service:
             log.exception("the PVA output failed")
             self.accounting.notice(last.run, "pva_output_failed")
 
-    def _archive(self, current: _Run, batch, result, refined, trusted) -> None:
-        """Archive a published batch; a failure is counted per frame as ``archive_failed``
-        (the events are out already: nothing is counted twice)."""
-        try:
-            current.archive.append(
-                [i.frame for i in batch],
-                [i.timestamp for i in batch],
-                np.stack([i.crop.counts for i in batch]),
-                np.stack([i.crop.valid for i in batch]),
-                np.array([[i.crop.peak_row, i.crop.peak_col] for i in batch]),
-                result,
-                refined,
-                trusted,
-            )
-        except ArchiveError as exc:
-            self._archive_failed(current, len(batch), exc)
-        else:
-            current.composer.archived(len(batch))
-
-    def _archive_failed(self, current: _Run, frames: int, exc: Exception) -> None:
-        if current.archive_failed == 0:
-            log.error("archive: %s", exc)
-            current.failures.append(f"archive: {exc}")
-        current.archive_failed += frames
-        self.accounting.notice(current.run, "archive_failed", frames)
-
-    def _emitter(self, run: int) -> Callable[[str, dict], None]:
-        def emit(name: str, doc: dict) -> None:
-            if not self.feedback(name, doc):
-                self.accounting.not_delivered(run)
-                count = self.feedback.not_delivered
-                if count & (count - 1) == 0:
-                    log.warning("a subscriber is not keeping up: %d documents not delivered",
-                                count)
-
-        return emit
-
     def _open_run(self, opened: RunStart) -> None:
-        if self._open is not None:  # cannot happen: the receiver ends every run it starts
-            self._close_run("abort", ["a new series started"])
         start = opened.start
         self.registration.reset()
         detector, notices = document_safe(start.meta or {})
@@ -548,68 +491,8 @@ class Service:
             "trust_threshold": self.gate.threshold,
             "cdistream_version": __version__,
         }
-        uid = str(uuid.uuid4())
-        archive, failure = None, None
-        if self.config.archive is not None:
-            unique = detector.get("series_unique_id") if isinstance(detector, dict) else None
-            try:
-                archive = RunArchive(
-                    self.config.archive,
-                    start.series,
-                    str(unique or uid[:8]),
-                    self.reconstructor.n,
-                    {**metadata, "uid": uid, "time": time.time()},
-                    detector,
-                )
-                metadata["archive"] = str(archive.path)
-            except ArchiveError as exc:
-                failure = exc
-        composer = RunComposer(
-            self._emitter(opened.run),
-            self.reconstructor.n,
-            metadata,
-            self.config.roi.binning,
-            uid,
-        )
-        self._open = _Run(opened.run, start.series, composer, archive)
-        if archive is not None:
-            composer.archive(str(archive.path), self.reconstructor.n)
-        if failure is not None:
-            self._archive_failed(self._open, 0, failure)
+        self.runs.open(opened, metadata, detector, str(uuid.uuid4()))
 
     def _end_run(self, ended: RunEnd) -> None:
         self._publish_dropped()
-        if self._open is None or self._open.run != ended.run:
-            return  # its start failed: nothing open to close
-        problems = [] if ended.end.complete else [ended.end.reason or "the series did not end"]
-        self._close_run("success", problems, ended.end)
-
-    def _close_run(self, status: str, problems: list[str], end: SeriesEnd | None = None) -> None:
-        """Close the open run: ``fail`` if anything failed in it, ``abort`` if frames are
-        missing or the series did not end, else ``status``."""
-        current, self._open = self._open, None
-        counts = self.accounting.snapshot(current.run)
-        missing = counts["gaps"] + counts["missing_before_first"] + counts["missing_after_last"]
-        problems = list(problems)
-        if missing:
-            of = f" of {counts['announced']} announced" if counts["announced"] is not None else ""
-            problems.append(
-                f"{missing}{of} frames never arrived ({counts['missing_before_first']} before the"
-                f" first received, {counts['gaps']} in gaps, {counts['missing_after_last']} after"
-                " the last)"
-            )
-        if current.archive_failed:
-            problems.append(f"{current.archive_failed} frames were not archived")
-        if current.failures:
-            status = "fail"
-        elif problems and status == "success":
-            status = "abort"
-        reason = "; ".join([*current.failures, *problems])
-        try:
-            current.composer.stop(counts, status, reason)
-        finally:
-            if current.archive is not None:
-                current.archive.close(status)
-        if status != "success":
-            log.warning("run of series %d: %s (%s)", current.series, status, reason)
-
+        self.runs.end(ended)
