@@ -105,3 +105,41 @@ def test_a_worker_that_cannot_go_on_says_so(tiny_reconstructor, context):
             assert not service.alive["worker"]
         finally:
             service.stop()
+
+
+def test_a_failing_batch_costs_its_frames_named_by_stage(tiny_reconstructor, context):
+    """A failure in the networks (``inference_error``) or while a batch's events are composed
+    (``publish_error``) costs that batch, each frame named in the rejected stream; the run goes
+    on and every frame is accounted for. The faults are injected once each, into this
+    service's own gate and run writer."""
+    from .test_service import start_service
+
+    with DetectorPublisher(LOOPBACK, context=context) as pub:
+        service, sink = start_service(tiny_reconstructor, context, pub, max_batch=4)
+        left = {"networks": 1, "events": 1}
+        reconstruct, compose = service.gate.reconstruct, service.runs.reconstructions
+
+        def once(stage, real):
+            def step(*args, **kwargs):
+                if left[stage]:
+                    left[stage] -= 1
+                    raise RuntimeError(f"simulated failure in the {stage}")
+                return real(*args, **kwargs)
+
+            return step
+
+        service.gate.reconstruct = once("networks", reconstruct)
+        service.runs.reconstructions = once("events", compose)
+        try:
+            _series(pub, 1, 40, rate=200)
+            docs = sink.collect()
+        finally:
+            counts = service.stop()
+    (stop,) = [d for n, d in docs if n == "stop"]
+    rejected = stop["cdistream"]["rejected"]
+    assert 1 <= rejected["inference_error"] <= 4 and 1 <= rejected["publish_error"] <= 4
+    named = [d["data"]["reason"] for n, d in docs if n == "event" and "reason" in d["data"]]
+    assert sorted(set(named)) == ["inference_error", "publish_error"]
+    assert len(named) == rejected["inference_error"] + rejected["publish_error"]
+    assert stop["cdistream"]["reconstructed"] == 40 - len(named) > 30
+    assert counts["received"] == 40 == counts["reconstructed"] + sum(counts["rejected"].values())
