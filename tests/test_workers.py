@@ -119,12 +119,12 @@ def test_two_workers_one_run_in_order_and_a_killed_worker_costs_only_its_frames(
             time.sleep(0.5)
         restarted = _worker_pids(prefix)
         assert sorted(restarted) == [1, 2] and restarted[1] != workers[1], restarted
-        simulate(detector, 3, 300, 100)
+        simulate(detector, 3, 100, 100)
         third = sink.collect(stops=3, timeout=180)
     finally:
         counts = stop(proc, timeout=120)
     third_stop = [d for n, d in third if n == "stop"][2]["cdistream"]
-    assert third_stop["reconstructed"] == third_stop["received"] == 300, third_stop
+    assert third_stop["reconstructed"] == third_stop["received"] == 100, third_stop
     assert counts["notices"].get("worker_restarted", 0) >= 1, counts
     validate(docs)
     starts = [d for n, d in docs if n == "start"]
@@ -147,4 +147,4 @@ def test_two_workers_one_run_in_order_and_a_killed_worker_costs_only_its_frames(
     assert len(frames) == 1000 - lost
     rejected = [d for n, d in docs if n == "event" and d["data"].get("reason") == "lost_in_worker"]
     assert len(rejected) == lost, "each lost frame is named in the rejected stream"
-    assert counts["received"] == accounted_counts(counts) == 2300
+    assert counts["received"] == accounted_counts(counts) == 2100

@@ -104,19 +104,19 @@ def run_bench(quick: bool = False, models: Path | None = None) -> dict:
         results["latency"].append(run)
     results["refine"] = _refine_runs(rec, scale, quick)
     log.info("ingest alone")
-    frames = int(5000 * scale) + 500
+    frames, passes = int(5000 * scale) + 500, 1 if quick else 3
     results["ingest"] = {
-        "raw_uint16_512": ingest_rate(frames, passes=3),
+        "raw_uint16_512": ingest_rate(frames, passes=passes),
         "bslz4_uint16_512": ingest_rate(
-            frames, format="eiger-v2", compression="bslz4", passes=3
+            frames, format="eiger-v2", compression="bslz4", passes=passes
         ),
     }
     log.info("ingest capacity: frames waiting in the socket, the receiver alone")
     queued = int(1500 * scale) + 500  # 512 KiB each, held in memory at once
     results["ingest_capacity"] = {
-        "raw_uint16_512": ingest_capacity(queued, passes=3),
+        "raw_uint16_512": ingest_capacity(queued, passes=passes),
         "bslz4_uint16_512": ingest_capacity(
-            queued, format="eiger-v2", compression="bslz4", passes=3
+            queued, format="eiger-v2", compression="bslz4", passes=passes
         ),
     }
     results["memory"] = _memory(rec)
