@@ -140,16 +140,15 @@ class Reconstructor:
     @classmethod
     def load(cls, path: str | Path | None = None, precision: str = "auto") -> Reconstructor:
         """Load a saved model (a ``.keras`` file or a directory holding ``cdi_nn.keras``)."""
+        path = Path(path) if path is not None else default_model_path()
+        if path.is_dir():
+            path = path / MODEL_FILE
+        if not path.is_file():  # said at once, before TensorFlow takes seconds to load
+            raise ModelLoadError(f"no model at {path}; see training/README.md to produce one")
         tensorflow()  # first, quietly: keras imports it
         import keras
 
         from . import model as _registers_layers  # noqa: F401  (custom layer for safe mode)
-
-        path = Path(path) if path is not None else default_model_path()
-        if path.is_dir():
-            path = path / MODEL_FILE
-        if not path.is_file():
-            raise ModelLoadError(f"no model at {path}; see training/README.md to produce one")
         try:
             model = keras.saving.load_model(path, compile=False, safe_mode=True)
         except Exception as exc:  # keras raises many types; callers need one

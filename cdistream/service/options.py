@@ -41,10 +41,11 @@ def _writable(directory: Path) -> None:
         ) from None
 
 
-def checked(config, n: int):
+def checked(config, n: int | None = None):
     """``config`` with the ROI adapted to the model's size ``n``; :class:`ConfigError` for
-    anything that cannot work."""
-    roi = roi_for_model(config.roi, n)
+    anything that cannot work. Without ``n`` everything but the ROI, so that the options a
+    model does not decide are refused at once, before the model (and TensorFlow) loads."""
+    roi = config.roi if n is None else roi_for_model(config.roi, n)
     if not 1 <= config.max_batch <= BUCKETS[-1]:
         raise ConfigError(f"--max-batch {config.max_batch}: allowed 1 to {BUCKETS[-1]}")
     if config.max_wait_ms < 0:

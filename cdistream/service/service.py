@@ -107,6 +107,7 @@ class Service:
         reconstructor: Reconstructor | None = None,
         context: zmq.Context | None = None,
     ):
+        checked(config)  # in a moment, not after the model loads
         self.reconstructor = reconstructor or Reconstructor.load(config.models)
         self.config = checked(config, self.reconstructor.n)
         self.accounting = Accounting()
