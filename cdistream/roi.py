@@ -73,7 +73,7 @@ log = logging.getLogger(__name__)
 
 _NO_MASK = np.zeros((1, 1), bool)
 HOT_RATIO = 16.0  # a pixel this many times brighter than all its neighbours is not diffraction
-_WHOLE = 128 * 128  # regions at least this large are searched with numpy, smaller compiled
+_WHOLE = 128 * 128  # frames at least this large are searched with numpy, smaller compiled
 _scratch = threading.local()
 
 
@@ -106,17 +106,17 @@ def _pair_numpy(image: np.ndarray, bad: BadPixels | None, unsigned: bool):
     return row, col, float(pairs[row, col])
 
 
-def _search(image: np.ndarray, bad: BadPixels | None, r0: int, r1: int, c0: int, c1: int):
-    """(row, col, height) of the peak within rows r0:r1, cols c0:c1 (see :func:`find_peak`)."""
+def _search(image: np.ndarray, bad: BadPixels | None):
+    """(row, col, height) of the peak in the whole frame (see :func:`find_peak`)."""
     unsigned, top = _kind(image.dtype)
     mask = _NO_MASK if bad is None else bad.mask
-    whole = (r0, r1, c0, c1) == (0, image.shape[0], 0, image.shape[1])
-    if whole and image.size >= _WHOLE:
+    h, w = image.shape
+    if image.size >= _WHOLE:
         row, col, value = _pair_numpy(image, bad, unsigned)
     else:
-        row, col, value = best_pair(image, mask, bad is not None, unsigned, top, r0, r1, c0, c1)
+        row, col, value = best_pair(image, mask, bad is not None, unsigned, top, 0, h, 0, w)
     height = float(value) - (1.0 if unsigned else 0.0)
-    row, col = near_pair(image, mask, bad is not None, unsigned, top, row, col, r0, r1, c0, c1)
+    row, col = near_pair(image, mask, bad is not None, unsigned, top, row, col, 0, h, 0, w)
     return int(row), int(col), height
 
 
@@ -128,7 +128,7 @@ def find_peak(img: np.ndarray) -> tuple[int, int, float]:
     within 3 pixels of the pair, ignoring any pixel more than 4 times brighter than all its
     neighbours (oversampled speckles are at least 2 pixels wide; hot pixels are not).
     """
-    return _search(np.ascontiguousarray(img), None, 0, img.shape[0], 0, img.shape[1])
+    return _search(np.ascontiguousarray(img), None)
 
 
 @dataclass
@@ -201,7 +201,7 @@ def extract(
         if found:
             tracker.followed(row, col)
     if not found:
-        row, col, height = _search(image, bad, 0, image.shape[0], 0, image.shape[1])
+        row, col, height = _search(image, bad)
         if tracker is not None:
             tracker.searched_all(row, col, height)
     if height < config.min_peak:

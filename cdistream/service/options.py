@@ -41,11 +41,10 @@ def _writable(directory: Path) -> None:
         ) from None
 
 
-def checked(config, n: int | None = None):
-    """``config`` with the ROI adapted to the model's size ``n``; :class:`ConfigError` for
-    anything that cannot work. Without ``n`` everything but the ROI, so that the options a
-    model does not decide are refused at once, before the model (and TensorFlow) loads."""
-    roi = config.roi if n is None else roi_for_model(config.roi, n)
+def checked(config):
+    """``config`` if it can work, else :class:`ConfigError`; everything but the ROI, which
+    the model decides (:func:`roi_for_model`), so that these are refused at once, before the
+    model (and TensorFlow) loads."""
     if not 1 <= config.max_batch <= BUCKETS[-1]:
         raise ConfigError(f"--max-batch {config.max_batch}: allowed 1 to {BUCKETS[-1]}")
     if config.max_wait_ms < 0:
@@ -66,4 +65,4 @@ def checked(config, n: int | None = None):
         raise ConfigError(
             f"--curve-keys {config.curve_keys}: not a directory (see docs/security.md)"
         )
-    return dataclasses.replace(config, roi=roi)
+    return config

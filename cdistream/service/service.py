@@ -12,7 +12,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +32,7 @@ from cdistream.wire.ntndarray import NAME as PVA_FORMAT
 from .accounting import Accounting, CountsDict
 from .feedback import FeedbackPublisher
 from .metrics import ServiceMetrics
-from .options import checked
+from .options import checked, roi_for_model
 from .pva_input import PvaReceiver
 from .pva_output import PvaOutput
 from .queue import FrameItem, FrameQueue, Rejection, RunEnd, RunStart
@@ -107,9 +107,9 @@ class Service:
         reconstructor: Reconstructor | None = None,
         context: zmq.Context | None = None,
     ):
-        checked(config)  # in a moment, not after the model loads
+        config = checked(config)  # in a moment, not after the model loads
         self.reconstructor = reconstructor or Reconstructor.load(config.models)
-        self.config = checked(config, self.reconstructor.n)
+        self.config = replace(config, roi=roi_for_model(config.roi, self.reconstructor.n))
         self.accounting = Accounting()
         self._ctx = context or zmq.Context.instance()
         budget = self.config.memory_budget
