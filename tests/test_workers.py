@@ -68,6 +68,35 @@ def test_a_worker_that_keeps_dying_young_is_restarted_ever_more_slowly():
         pool.close()
 
 
+def test_a_result_that_comes_after_its_frame_was_given_up_is_dropped():
+    """A slow worker's late result, for a frame already counted lost, is not held for ever;
+    one that comes in time is taken."""
+    from cdistream.service.pva_pool import WorkerPool
+    from cdistream.service.pva_worker import RESULT_TYPE, _pv_type, result_fields
+
+    pva = pytest.importorskip("pvaccess")
+
+    def result(uid: int):
+        return pva.PvObject(_pv_type(RESULT_TYPE), {
+            "uniqueId": uid, "worker": 1, "amplitude": np.ones(4, np.float32),
+            "phase": np.zeros(4, np.float32), "chi2": 0.01,
+            "peak_offset": np.zeros(2, np.float32), "refined": False})
+
+    pool = WorkerPool(f"cdistream:test{free_port()}", 1, {"max_batch": 4}, spawn=False)
+    try:
+        assert result_fields(result(7)) is not None
+        pool.forget(7)  # given up before its result came
+        pool._arrived(result(7))
+        pool._arrived(result(8))
+        assert pool.take(7) is None and pool._results.keys() == {8}
+        assert pool.take(8)["uniqueId"] == 8 and not pool._forgotten
+        pool._arrived(result(9))
+        pool.forget(9)  # given up on after it came: dropped at once
+        assert not pool._results and not pool._forgotten
+    finally:
+        pool.close()
+
+
 def _worker_pids(prefix: str) -> dict[int, int]:
     """{worker id: pid} of the pvapy-hpc-consumer processes serving ``prefix``."""
     found = {}

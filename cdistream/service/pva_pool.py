@@ -30,6 +30,7 @@ __all__ = ["SERVER_QUEUE", "WorkerPool", "consumer_command"]
 SERVER_QUEUE = 1000  # PVA updates the server queues for each worker's monitor
 LIVED_S = 60.0  # a worker that ran this long before it exited is restarted after 1 s
 MOST_PAUSE_S = 60.0  # the longest pause before restarting a worker that keeps dying young
+FORGOTTEN = 100_000  # ids given up on whose results may still come, the newest kept
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +82,7 @@ class WorkerPool:
         )
         self._lock = threading.Lock()
         self._results: dict[int, dict] = {}
+        self._forgotten: dict[int, None] = {}  # given up on, not yet back: oldest first
         self.ready: set[int] = set()
         self.processes: dict[int, subprocess.Popen] = {}
         self._args = processor_args
@@ -143,10 +145,13 @@ class WorkerPool:
             log.warning("a worker published something that is not a result")
             return
         with self._lock:
-            if fields["uniqueId"] == 0:
+            uid = fields["uniqueId"]
+            if uid == 0:
                 self.ready.add(fields["worker"])
+            elif uid in self._forgotten:  # counted lost already: dropped, never held
+                del self._forgotten[uid]
             else:
-                self._results[fields["uniqueId"]] = fields
+                self._results[uid] = fields
 
     def wait_ready(self, timeout: float) -> None:
         """Until every worker has loaded its model; :class:`ConfigError` after ``timeout``."""
@@ -168,9 +173,13 @@ class WorkerPool:
             return self._results.pop(unique_id, None)
 
     def forget(self, unique_id: int) -> None:
-        """A result that comes after the collector gave up on it is dropped when it comes."""
+        """The collector gave up on ``unique_id``: its result is dropped, now or when it
+        comes (a slow worker's late results would otherwise be held for ever)."""
         with self._lock:
-            self._results.pop(unique_id, None)
+            if self._results.pop(unique_id, None) is None:
+                self._forgotten[unique_id] = None
+                if len(self._forgotten) > FORGOTTEN:  # a dead worker's never come
+                    del self._forgotten[next(iter(self._forgotten))]
 
     def close(self) -> None:
         for channel in self._channels:
