@@ -263,8 +263,27 @@ def bench(args: argparse.Namespace) -> None:
         plot_latency(results, args.plot)
 
 
+def origin(text: str) -> tuple[int, int]:
+    """ROW,COL -> (row, col)."""
+    try:
+        row, col = (int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected ROW,COL") from None
+    return row, col
+
+
+def add_calibration_args(p: argparse.ArgumentParser) -> None:
+    """--dark, --flat, --calibration-origin: shared by `reconstruct` and the simulator's replay."""
+    p.add_argument("--dark", default=None, help="dark image subtracted from every raw frame")
+    p.add_argument("--flat", default=None, help="flat-field image every raw frame is divided by")
+    p.add_argument("--calibration-origin", type=origin, default=None, metavar="ROW,COL",
+                   help="the frames' first pixel on the detector, when the dark and flat"
+                   " images cover the whole detector and the frames a region of it")
+
+
 def reconstruct(args: argparse.Namespace) -> None:
     from cdistream.errors import CdistreamError
+    from cdistream.files import CalibrationFiles
     from cdistream.inference import Reconstructor
     from cdistream.offline import reconstruct_files
     from cdistream.roi import RoiConfig
@@ -277,8 +296,15 @@ def reconstruct(args: argparse.Namespace) -> None:
                       args.saturation),
             rec.n,
         )
+        calibration = CalibrationFiles(args.dark, args.flat, args.calibration_origin)
+        positions = None
+        if args.spec:
+            from cdistream.spec import parse_spec_spec, scan_positions
+
+            positions = scan_positions(*parse_spec_spec(args.spec)).positions
         summary = reconstruct_files(args.inputs, args.output, rec, roi, args.refine,
-                                    progress=not args.no_progress)
+                                    progress=not args.no_progress, calibration=calibration,
+                                    volume=args.volume, positions=positions)
     except CdistreamError as exc:
         _refuse(str(exc))
     print("\n".join(summary.lines()))  # noqa: T201  (the command's result)
@@ -295,6 +321,18 @@ def view(args: argparse.Namespace) -> None:
     shown = run_view(args.feedback, args.save, args.frames, args.timeout, curve)
     if args.save is not None:
         print(f"{shown.accepted} reconstructions; wrote {args.save}")  # noqa: T201
+
+
+def view_3d(args: argparse.Namespace) -> None:
+    from cdistream.errors import CdistreamError
+    from cdistream.view3d import plot_volume
+
+    save = args.save or args.file.with_suffix(".png")
+    try:
+        plot_volume(args.file, save, args.level)
+    except (OSError, KeyError, CdistreamError) as exc:
+        _refuse(f"{args.file}: not a cdistream volume file ({exc})")
+    print(f"wrote {save}")  # noqa: T201  (the command's result)
 
 
 def worker(args: argparse.Namespace) -> None:
@@ -344,10 +382,17 @@ def main(argv: list[str] | None = None) -> None:
     b.add_argument("--models", type=Path, default=None)
     b.add_argument("--workers", default=None, metavar="N,M",
                    help="only the scale-out: saturated throughput with N, M ... PVA workers")
-    r = sub.add_parser("reconstruct", help="reconstruct frames saved in files (HDF5)")
+    r = sub.add_parser("reconstruct", help="reconstruct frames saved in files (HDF5, TIFF)")
     r.add_argument("inputs", nargs="+", metavar="INPUT",
-                   help="DECTRIS master file, FILE.h5::/dataset, or a cdistream archive")
+                   help="DECTRIS master file, FILE.h5::/dataset, a cdistream archive, or a TIFF"
+                   " series: a folder, a quoted glob ('scan/*.tif') or a multi-page file")
+    add_calibration_args(r)
     r.add_argument("--output", type=Path, required=True, help="the NeXus file to write (new)")
+    r.add_argument("--3d", dest="volume", action="store_true",
+                   help="also reconstruct the rocking scan in 3D, into OUTPUT_volume.h5")
+    r.add_argument("--spec", default=None, metavar="FILE:SCAN[:COLUMN]",
+                   help="the rocking motor's positions from a SPEC file (default column: the"
+                   " motor the scan moved), for the 3D file's rocking axis")
     r.add_argument("--refine", type=int, default=0, help="refinement iterations per frame")
     r.add_argument("--models", type=Path, default=None)
     r.add_argument("--roi-size", type=int, default=32)
@@ -363,6 +408,10 @@ def main(argv: list[str] | None = None) -> None:
     v.add_argument("--timeout", type=float, default=60.0, help="with --save: at most seconds")
     v.add_argument("--curve-secret", type=Path, default=None, help="this client's .key_secret")
     v.add_argument("--curve-server", type=Path, default=None, help="the service's server.key")
+    v3 = sub.add_parser("view-3d", help="slices and an isosurface of a 3D reconstruction, PNG")
+    v3.add_argument("file", type=Path, help="a volume file (reconstruct --3d, serve --archive)")
+    v3.add_argument("--save", type=Path, default=None, help="the PNG (default: FILE.png)")
+    v3.add_argument("--level", type=float, default=0.3, help="isosurface, share of the maximum")
     w = sub.add_parser("worker", help="one reconstruction worker for `serve --workers` (PVA)")
     w.add_argument("prefix", help="the serving process's --worker-prefix")
     w.add_argument("id", type=int, help="this worker's number, 1 to N")
@@ -383,5 +432,5 @@ def main(argv: list[str] | None = None) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     commands = {"serve": serve, "demo": demo, "bench": bench, "keys": keys,
-                "reconstruct": reconstruct, "view": view, "worker": worker}
+                "reconstruct": reconstruct, "view": view, "view-3d": view_3d, "worker": worker}
     commands[args.command](args)

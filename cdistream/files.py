@@ -1,7 +1,9 @@
 """Detector frames saved in files, read lazily: a DECTRIS file-writer master file (its data
 files linked from ``/entry/data``, bitshuffle/LZ4 through ``hdf5plugin``), any HDF5 stack
-named as ``FILE.h5::/path/to/dataset`` (NeXus, areaDetector), or a cdistream archive (its
-saved ROIs, to re-run a newer model on them)."""
+named as ``FILE.h5::/path/to/dataset`` (NeXus, areaDetector), an areaDetector TIFF series (a
+folder, a glob or a multi-page file, :mod:`cdistream.tiff`), or a cdistream archive (its saved
+ROIs, to re-run a newer model on them). Raw frames can be dark- and flat-field corrected on the
+way (:mod:`cdistream.calibration`)."""
 
 from __future__ import annotations
 
@@ -14,11 +16,12 @@ from typing import Any
 import h5py
 import numpy as np
 
+from cdistream.calibration import Calibration
 from cdistream.errors import CdistreamError
+from cdistream.tiff import TiffSeries, is_tiff_spec, read_image, tiff_series
 from cdistream.wire.eiger_v1 import DETECTOR_CONFIG_NAMES
 
-__all__ = ["FrameSource", "SavedFramesError", "open_source"]
-
+__all__ = ["CalibrationFiles", "FrameSource", "SavedFramesError", "open_source"]
 
 
 class SavedFramesError(CdistreamError):
@@ -37,15 +40,26 @@ class FrameSource:
     mask: np.ndarray | None
     meta: dict[str, Any] = field(default_factory=dict)
     rois: bool = False
-    _stacks: list[h5py.Dataset] = field(default_factory=list, repr=False)
+    _stacks: list[h5py.Dataset | TiffSeries] = field(default_factory=list, repr=False)
     _valid: h5py.Dataset | None = field(default=None, repr=False)
     _file: h5py.File | None = field(default=None, repr=False)
+    calibration: Calibration | None = None
+
+    def calibrate(self, calibration: Calibration) -> None:
+        """Correct every frame read from now on; its uncorrectable pixels join the mask."""
+        if self.rois:
+            raise SavedFramesError(f"{self.path}: cropped ROIs cannot be dark/flat corrected")
+        self.calibration = calibration
+        self.mask = calibration.mask if self.mask is None else self.mask | calibration.mask
+        self.dtype = "float32"
 
     def frames(self, chunk: int = 64) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
         """(frames, valid masks or None) in chunks of up to ``chunk`` images, in order."""
         for stack_index, stack in enumerate(self._stacks):
             for start in range(0, stack.shape[0], chunk):
                 block = stack[start : start + chunk]
+                if self.calibration is not None:
+                    block = self.calibration.apply(block)
                 valid = None
                 if self._valid is not None and stack_index == 0:
                     valid = self._valid[start : start + chunk].astype(bool)
@@ -129,11 +143,56 @@ def _dataset(f: h5py.File, path: str, name: str) -> FrameSource:
                        {"format": "hdf5", "dataset": name}, False, [stack], None, f)
 
 
-def open_source(spec: str | Path) -> FrameSource:
-    """Open ``FILE.h5::/dataset``, a DECTRIS master file or a cdistream archive."""
+@dataclass(frozen=True)
+class CalibrationFiles:
+    """Dark and flat-field images (TIFF, or ``FILE.h5::/dataset``) to correct raw frames with;
+    ``origin``: where the frames start on the detector when the images cover all of it."""
+
+    dark: str | None = None
+    flat: str | None = None
+    origin: tuple[int, int] | None = None
+
+    def load(self, shape: tuple[int, int]) -> Calibration | None:
+        if self.dark is None and self.flat is None:
+            return None
+        images = [None if p is None else _image(p) for p in (self.dark, self.flat)]
+        return Calibration.build(shape, images[0], images[1], self.origin)
+
+
+def _image(spec: str) -> np.ndarray:
+    if is_tiff_spec(spec) and "::" not in spec:
+        return read_image(spec)
+    with open_source(spec) as source:
+        block, _ = next(source.frames(chunk=1))
+        return block[0]
+
+
+def _tiff(spec: str) -> FrameSource:
+    series = tiff_series(spec)
+    return FrameSource(spec, series.shape[0], series.shape[1:], series.dtype.name, None,
+                       series.metadata(), False, [series], None, None)
+
+
+def open_source(spec: str | Path, calibration: CalibrationFiles | None = None) -> FrameSource:
+    """Open ``FILE.h5::/dataset``, a DECTRIS master file, a cdistream archive or a TIFF series
+    (folder, glob, file), its frames corrected by ``calibration`` when given."""
+    source = _open(str(spec))
+    if calibration is not None:
+        try:
+            correction = calibration.load(source.shape)
+            if correction is not None:
+                source.calibrate(correction)
+        except Exception:
+            source.close()
+            raise
+    return source
+
+
+def _open(text: str) -> FrameSource:
     import hdf5plugin  # noqa: F401  (registers the bitshuffle/LZ4 filters with HDF5)
 
-    text = str(spec)
+    if "::" not in text and is_tiff_spec(text):
+        return _tiff(text)
     path, _, name = text.partition("::")
     if not Path(path).is_file():
         raise SavedFramesError(f"{path}: no such file")

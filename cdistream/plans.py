@@ -1,6 +1,8 @@
-"""Operando feedback plans: the experiment reacts to cdistream's reconstructions while it runs.
+"""Plans that read cdistream's reconstructions into the run that takes the frames: a rocking
+scan through the Bragg condition, and operando feedback plans where the experiment reacts to
+the reconstructions while it runs.
 
-Both take the detector(s) and a :class:`cdistream.bluesky.ReconstructionMonitor` (list the
+Each takes the detector(s) and a :class:`cdistream.bluesky.ReconstructionMonitor` (list the
 detector first, so the monitor waits for the frame the detector just took).
 """
 
@@ -10,11 +12,32 @@ from collections.abc import Generator, Sequence
 from typing import Any
 
 import bluesky.plan_stubs as bps
+import bluesky.plans as bp
 import bluesky.preprocessors as bpp
 
 from cdistream.bluesky.monitor import ReconstructionMonitor
 
-__all__ = ["strain_watch", "track_peak"]
+__all__ = ["rocking_scan", "strain_watch", "track_peak"]
+
+
+def rocking_scan(
+    detectors: Sequence[Any],
+    recon: ReconstructionMonitor,
+    motor: Any,
+    start: float,
+    stop: float,
+    num: int,
+    *,
+    md: dict | None = None,
+) -> Generator:
+    """Step ``motor`` (the sample's rocking angle) from ``start`` to ``stop`` in ``num`` points
+    through the Bragg condition; at each, take a frame and read its reconstruction: one event
+    per step with the motor's position, the detector's reading and the frame's amplitude,
+    phase, chi2, trusted and support area. The series the detector records is the 3D Bragg
+    peak, which ``cdistream serve --archive`` reconstructs in 3D when it ends (the volume is in
+    the service's run of that series: ``docs/bluesky.md``)."""
+    md = {"plan_name": "rocking_scan", "cdistream_rocking": True, **(md or {})}
+    return (yield from bp.scan([*detectors, recon], motor, start, stop, num, md=md))
 
 
 def track_peak(

@@ -7,19 +7,23 @@ from __future__ import annotations
 import functools
 import logging
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from cdistream.errors import Rejected
+from cdistream.physics.oversampling import oversampling
 from cdistream.roi_kernels import best_pair, crop_window, near_pair, window_crop
 
 __all__ = [
+    "MIN_OVERSAMPLING",
     "BadPixels",
     "Crop",
+    "Sampling",
     "PeakTracker",
     "RoiConfig",
     "RoiRejected",
+    "choose_binning",
     "extract",
     "find_peak",
     "warm",
@@ -220,6 +224,61 @@ def extract(
     if config.background:  # invalid pixels are 0 already
         window = np.maximum(window - config.background * b * b, 0, dtype=np.float32) * valid
     return Crop(np.sqrt(window), window, valid, row, col, int(saturated))
+
+
+# at or under it the crystal does not fit the window (its autocorrelation, twice its extent,
+# fills the window and wraps round): nothing can phase it
+MIN_OVERSAMPLING = 2.0
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How a series' crystal fits the network's window, judged on its first frame: the
+    binning asked for and the one used (less where binning would squeeze the crystal out of
+    the window), the oversampling estimated at the one used (None without a peak), and whether
+    it exceeds :data:`MIN_OVERSAMPLING`."""
+
+    asked_binning: int
+    binning: int
+    oversampling: float | None
+    fits: bool
+
+    @property
+    def reduced(self) -> bool:
+        return self.binning != self.asked_binning
+
+    def document(self) -> dict:
+        """For the run's start document."""
+        finite = self.oversampling is not None and np.isfinite(self.oversampling)
+        return {
+            "estimated": self.oversampling is not None,
+            "oversampling": round(float(self.oversampling), 3) if finite else None,
+            "asked_binning": self.asked_binning,
+            "binning": self.binning,
+            "binning_reduced": self.reduced,
+            "fits": self.fits,
+        }
+
+
+def choose_binning(
+    image: np.ndarray, config: RoiConfig, bad: BadPixels | None = None,
+    saturation: float | None = None,
+) -> Sampling:
+    """The largest binning up to ``config.binning`` at which the crystal of ``image`` is
+    oversampled more than :data:`MIN_OVERSAMPLING` times (cropping 32 detector pixels instead of
+    binning 64 down to 32, say); binning 1 and ``fits`` False when even that is not enough.
+    The oversampling is estimated from the pattern's autocorrelation
+    (:func:`cdistream.physics.oversampling.oversampling`)."""
+    estimate = None
+    for b in range(max(config.binning, 1), 0, -1):
+        try:
+            crop = extract(image, replace(config, binning=b), bad, saturation)
+        except RoiRejected:
+            return Sampling(config.binning, config.binning, None, True)
+        estimate = oversampling(crop.counts, crop.valid)
+        if estimate > MIN_OVERSAMPLING:
+            return Sampling(config.binning, b, estimate, True)
+    return Sampling(config.binning, 1, estimate, False)
 
 
 @functools.lru_cache(maxsize=16)  # the detector names the type: keep what it can grow small

@@ -1,6 +1,6 @@
 """A simulated pixel detector that streams Bragg CDI frames over ZeroMQ as a real one does."""
 
-from .device import SimDetector
+from .device import ReplayDetector, SimDetector
 from .frames import DetectorModel
 from .publisher import DetectorPublisher, SeriesReport, scenario_frames
 from .scenario import SCENARIOS, FrameTruth, Scenario
@@ -11,6 +11,7 @@ __all__ = [
     "DetectorPublisher",
     "FrameTruth",
     "Scenario",
+    "ReplayDetector",
     "SeriesReport",
     "SimDetector",
     "scenario_frames",

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import logging
 
 import zmq
+
+from cdistream.cli import add_calibration_args
+from cdistream.files import CalibrationFiles
 
 from .frames import DetectorModel
 from .publisher import DetectorPublisher, scenario_frames
@@ -53,7 +57,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--dtype", choices=("uint16", "uint32"), default="uint16")
     p.add_argument("--photons", type=float, default=3e4, help="counts in the brightest pixel")
     p.add_argument("--drift", type=float, default=0.5, help="peak drift in pixels per frame")
-    p.add_argument("--replay", help="HDF5 file of frames to send instead of a simulation")
+    p.add_argument("--replay", help="frames to send instead of a simulation: FILE.h5::/dataset,"
+                   " a DECTRIS master file, or a TIFF series (folder, quoted glob, file)")
+    p.add_argument("--spec", default=None, metavar="FILE:SCAN[:COLUMN]",
+                   help="with --replay: the scanned motor's position per frame from a SPEC"
+                   " file, sent with the frames (NDAttributes for adzmq and pva)")
+    p.add_argument("--first", type=int, default=0, help="with --replay: the first frame sent")
+    p.add_argument("--count", type=int, default=None, help="with --replay: how many frames")
+    add_calibration_args(p)
     p.add_argument("--wait", type=float, default=10.0, help="seconds to wait for a subscriber")
     p.add_argument(
         "--cycle",
@@ -65,6 +76,31 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
 
     socket = args.socket or ("push" if args.format.startswith("eiger") else "pub")
+    if args.replay:  # opened first: a file that cannot be read ends here, before binding
+        calibration = CalibrationFiles(args.dark, args.flat, args.calibration_origin)
+        count, shape, dtype, mask, meta, images = open_frames(
+            args.replay, calibration, args.format
+        )
+        meta = {**meta, "source": args.replay}
+        positions = None
+        if args.spec:
+            from cdistream.spec import parse_spec_spec, scan_positions
+
+            scan = scan_positions(*parse_spec_spec(args.spec))
+            positions = {scan.motor: scan.positions[args.first:].tolist()}
+        stop = count if args.count is None else min(count, args.first + args.count)
+        images = itertools.islice(images, args.first, stop)
+        count = max(stop - args.first, 0)
+    else:
+        detector = DetectorModel(args.shape, args.dtype, args.photons, seed=args.seed)
+        scenario = Scenario(args.scenario, args.seed, args.frames, args.shape, args.drift)
+        count, shape, dtype, mask = args.frames, args.shape, args.dtype, detector.mask()
+        images = scenario_frames(scenario, detector, args.frames, args.seed)
+        positions = None
+        if args.cycle:
+            rendered = list(scenario_frames(scenario, detector, args.cycle, args.seed))
+            images = (rendered[i % args.cycle] for i in range(args.frames))
+        meta = {**detector.metadata(), "scenario": args.scenario, "seed": args.seed}
     if args.format == "pva":
         from .pva_publisher import PvaPublisher
 
@@ -74,19 +110,8 @@ def main(argv: list[str] | None = None) -> None:
     with publisher as pub:
         logging.info("sim_detector on %s (%s, %s)", pub.address, args.format, socket)
         pub.wait_for_subscriber(args.wait)
-        if args.replay:
-            count, shape, dtype, mask, images = open_frames(args.replay)
-            meta = {"source": args.replay}
-        else:
-            detector = DetectorModel(args.shape, args.dtype, args.photons, seed=args.seed)
-            scenario = Scenario(args.scenario, args.seed, args.frames, args.shape, args.drift)
-            count, shape, dtype, mask = args.frames, args.shape, args.dtype, detector.mask()
-            images = scenario_frames(scenario, detector, args.frames, args.seed)
-            if args.cycle:
-                rendered = list(scenario_frames(scenario, detector, args.cycle, args.seed))
-                images = (rendered[i % args.cycle] for i in range(args.frames))
-            meta = {**detector.metadata(), "scenario": args.scenario, "seed": args.seed}
-        report = pub.run_series(args.series, shape, dtype, images, args.rate, mask, meta, count)
+        report = pub.run_series(args.series, shape, dtype, images, args.rate, mask, meta, count,
+                                positions)
     zmq.Context.instance().term()  # returns once queued frames are out (or the linger passed)
     logging.info(
         "series %d: %s",

@@ -21,7 +21,7 @@ from .frames import DetectorModel
 from .publisher import DetectorPublisher
 from .scenario import Scenario
 
-__all__ = ["SimDetector"]
+__all__ = ["ReplayDetector", "SimDetector"]
 
 
 class SimDetector(Device):
@@ -95,15 +95,19 @@ class SimDetector(Device):
             self._open, self._next = False, 0
             self._series += 1
 
-    def trigger(self) -> Status:
-        self._open_series()
+    def _image(self) -> tuple[np.ndarray, dict[str, float]]:
+        """The next frame's image and the positions it goes out with."""
         obj, row, col, scale = self.truth(self._next)
-        image = self.model.render(obj, row, col, self._rng)
-        self.publisher.send(Frame(self._series, self._next, time.time(), image))
-        self.frame.put(self._next)
         self.true_peak_row.put(row)
         self.true_peak_col.put(col)
         self.strain_scale.put(scale)
+        return self.model.render(obj, row, col, self._rng), {}
+
+    def trigger(self) -> Status:
+        self._open_series()
+        image, positions = self._image()
+        self.publisher.send(Frame(self._series, self._next, time.time(), image, positions))
+        self.frame.put(self._next)
         self._next += 1
         status = Status(obj=self)
         status.set_finished()
@@ -113,3 +117,34 @@ class SimDetector(Device):
         self._close_series()
         self.publisher.close()
         super().destroy()
+
+
+class ReplayDetector(SimDetector):
+    """Frames measured at a beamline, replayed by a motor: each trigger publishes the frame
+    taken nearest the ``motor``'s position (``positions``: where each frame was taken, e.g. a
+    rocking scan's theta from its SPEC file), with the motor's position as the frame's
+    ``motor_name`` attribute. A plan scanning the motor then records the real scan."""
+
+    def __init__(self, address: str, frames: np.ndarray, positions: np.ndarray, motor: Device,
+                 *, mask: np.ndarray | None = None, name: str = "replaydet", **kwargs):
+        frames = np.asarray(frames)
+        shape = tuple(frames.shape[1:])
+        dtype = frames.dtype.name if frames.dtype.kind == "u" else "uint32"
+        model = DetectorModel(shape=shape, dtype=dtype, hot_pixels=0, gap_rows=0)
+        super().__init__(address, detector=model, name=name, **kwargs)
+        self._frames = frames.astype(dtype, copy=False)
+        self._positions = np.asarray(positions, float)
+        self._motor = motor
+        self._mask = np.zeros(shape, bool) if mask is None else mask
+
+    def _open_series(self) -> None:
+        if not self._open:
+            meta = {"source": "sim_detector.ReplayDetector", "motor": self._motor.name}
+            self.publisher.send(SeriesStart(self._series, self.model.shape, self.model.dtype,
+                                            self._mask, meta))
+            self._open = True
+
+    def _image(self) -> tuple[np.ndarray, dict[str, float]]:
+        where = float(self._motor.position)
+        nearest = int(np.argmin(np.abs(self._positions - where)))
+        return self._frames[nearest], {self._motor.name: where}

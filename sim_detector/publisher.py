@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -59,12 +59,19 @@ class SeriesSender:
         mask: np.ndarray | None = None,
         meta: dict[str, Any] | None = None,
         count: int | None = None,
+        positions: dict[str, Sequence[float]] | None = None,
     ) -> SeriesReport:
         """Start, every image as a frame at ``rate`` frames/s (as fast as possible if None),
-        end. Reports when the rate could not be held. ``count``, when known, is announced."""
+        end. Reports when the rate could not be held. ``count``, when known, is announced;
+        ``positions`` (name -> one number per frame: motor positions) go with each frame, and
+        as lists in the start's metadata (``motor_positions``) for formats whose frames carry
+        no attributes."""
         report = SeriesReport(series, target_rate=rate, meta=dict(meta or {}))
         if count is not None:
             report.meta["number_of_images"] = count
+        positions = {k: [float(v) for v in values] for k, values in (positions or {}).items()}
+        if positions:
+            report.meta["motor_positions"] = positions
         self.send(SeriesStart(series, shape, dtype, mask, report.meta))
         interval = 1.0 / rate if rate else 0.0
         start = time.perf_counter()
@@ -73,7 +80,8 @@ class SeriesSender:
                 delay = start + i * interval - time.perf_counter()
                 if delay > 0:
                     time.sleep(delay)
-            self.send(Frame(series, i, time.time(), image))
+            at = {k: v[i] for k, v in positions.items() if i < len(v)}
+            self.send(Frame(series, i, time.time(), image, at))
             report.sent += 1
         report.seconds = time.perf_counter() - start
         self.send(SeriesEnd(series, report.sent))

@@ -38,7 +38,7 @@ class PvaPublisher(SeriesSender):
 
     def send(self, message: SeriesStart | Frame | SeriesEnd) -> None:
         if isinstance(message, Frame):
-            attrs = {"series": message.series}
+            attrs = {"series": message.series, **message.positions}
             nt = ntndarray(message.image, message.frame + 1, message.timestamp, attrs, self.codec)
             self._server.update(self.address, nt)
 

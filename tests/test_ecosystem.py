@@ -152,7 +152,7 @@ def test_offline_reconstruction_of_detector_files_matches_the_stream(shipped, co
     # sim_detector --replay reads the same files, frame for frame
     from sim_detector.replay import open_frames
 
-    count, shape, _, mask, replayed = open_frames(master)
+    count, shape, _, mask, _, replayed = open_frames(master)
     assert (count, shape) == (24, DET.shape)
     np.testing.assert_array_equal(mask, DET.mask())
     np.testing.assert_array_equal(np.stack(list(replayed)), np.stack(images))

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 DEFAULTS = {
-    "train_count": 200_000,
+    "train_count": 160_000,
     "train_seed": 1,
     "test_count": 1_000,
     "test_seed": 20261125,
@@ -41,6 +41,8 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--widths", default="16,32,64")
     t.add_argument("--precision", default="auto", help="mixed_bfloat16, float32 or auto")
     t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--resume-dir", type=Path, default=None,
+                   help="keep per-epoch state here; a killed run started again resumes")
 
     e = sub.add_parser("evaluate", help="metrics, figures and the model card")
     e.add_argument("--model", type=Path, default=Path("models/cdi_nn.keras"))
@@ -83,6 +85,7 @@ def main(argv: list[str] | None = None) -> None:
             widths=tuple(int(w) for w in args.widths.split(",")),
             precision=_precision(args.precision),
             seed=args.seed,
+            resume_dir=None if args.resume_dir is None else str(args.resume_dir),
         )
         train(load(args.data, args.limit), args.out, config)
     elif args.command == "evaluate":
@@ -112,7 +115,11 @@ def run_all(args: argparse.Namespace) -> None:
     if not train_path.exists():
         generate(train_path, args.train_count, DEFAULTS["train_seed"])
     model_path = args.out / "cdi_nn.keras"
-    config = TrainConfig(epochs=args.epochs, precision=_precision("auto"))
+    config = TrainConfig(
+        epochs=args.epochs,
+        precision=_precision("auto"),
+        resume_dir=str(args.workdir / "train_state"),  # `make models` again resumes a killed run
+    )
     train(load(train_path), model_path, config)
     command = f"python -m training all --epochs {args.epochs} --train-count {args.train_count}"
     evaluate_and_card(

@@ -20,7 +20,15 @@ import keras
 import numpy as np
 from tqdm import tqdm
 
-from cdistream.physics import MeasurementRecipe, ObjectRecipe, centre, measure, random_objects
+from cdistream.physics import (
+    Crystal3DRecipe,
+    MeasurementRecipe,
+    ObjectRecipe,
+    centre,
+    measure,
+    random_crystal_slices,
+    random_objects,
+)
 
 __all__ = ["Batches", "CrystalSet", "generate", "load"]
 
@@ -28,9 +36,28 @@ log = logging.getLogger(__name__)
 CHUNK = 512
 
 
-def _chunk(args: tuple[int, np.random.SeedSequence, ObjectRecipe]) -> tuple[np.ndarray, ...]:
-    count, seed, recipe = args
-    objects = random_objects(count, seed, recipe)
+SHARE_2D = 0.2  # flat 2D crystals (the paper's recipe) beside slices of 3D crystals
+
+
+def mixed_objects(
+    count: int, seed: np.random.SeedSequence, recipe: ObjectRecipe, share_2d: float
+) -> np.ndarray:
+    """``count`` training objects: slices of 3D crystals, a ``share_2d`` of flat ones."""
+    flat, deep, pick = seed.spawn(3)
+    is_flat = np.random.default_rng(pick).random(count) < share_2d
+    objects = np.empty((count, recipe.n, recipe.n), np.complex64)
+    if is_flat.any():
+        objects[is_flat] = random_objects(int(is_flat.sum()), flat, recipe)
+    if (~is_flat).any():
+        slices = Crystal3DRecipe(n=recipe.n, min_extent=recipe.min_extent,
+                                 max_extent=recipe.max_extent, max_shift=recipe.max_shift)
+        objects[~is_flat] = random_crystal_slices(int((~is_flat).sum()), deep, slices)
+    return objects
+
+
+def _chunk(args: tuple[int, np.random.SeedSequence, ObjectRecipe, float]):
+    count, seed, recipe, share_2d = args
+    objects = mixed_objects(count, seed, recipe, share_2d)
     centred = centre(objects)
     # the sub-pixel shift rings faintly outside the object; the loss weighs phase only on
     # the support, so the targets stay exactly consistent with the magnitudes
@@ -43,9 +70,11 @@ def generate(
     seed: int,
     recipe: ObjectRecipe = ObjectRecipe(),
     workers: int | None = None,
+    share_2d: float = SHARE_2D,
 ) -> Path:
-    """Write ``count`` crystals to ``path``: ``objects`` (complex64, as simulated) and the
-    targets ``amplitude`` and ``phase`` (the object centred on N//2)."""
+    """Write ``count`` crystals to ``path``: ``objects`` (complex64, as simulated: slices of 3D
+    crystals, and a ``share_2d`` of flat 2D ones) and the targets ``amplitude`` and ``phase``
+    (the object centred on N//2; phases wrapped: the loss is blind to 2 pi)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     n = recipe.n
@@ -62,9 +91,11 @@ def generate(
         }
         f.attrs["seed"] = seed
         f.attrs["recipe"] = json.dumps(asdict(recipe))
+        f.attrs["recipe_3d"] = json.dumps(asdict(Crystal3DRecipe()))
+        f.attrs["share_2d"] = share_2d
         start = 0
         with ProcessPoolExecutor(workers) as pool, tqdm(total=count, unit="crystal") as bar:
-            jobs = zip(sizes, seeds, [recipe] * len(sizes), strict=True)
+            jobs = zip(sizes, seeds, [recipe] * len(sizes), [share_2d] * len(sizes), strict=True)
             for objects, amp, phase in pool.map(_chunk, jobs):
                 stop = start + len(objects)
                 dsets["objects"][start:stop] = objects
@@ -99,6 +130,9 @@ def load(path: str | Path, limit: int | None = None) -> CrystalSet:
     with h5py.File(path, "r") as f:
         sl = slice(0, limit)
         meta = {"seed": int(f.attrs["seed"]), "recipe": json.loads(f.attrs["recipe"])}
+        if "recipe_3d" in f.attrs:
+            meta["recipe_3d"] = json.loads(f.attrs["recipe_3d"])
+            meta["share_2d"] = float(f.attrs["share_2d"])
         return CrystalSet(f["objects"][sl], f["amplitude"][sl], f["phase"][sl], meta)
 
 

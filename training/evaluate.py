@@ -20,7 +20,7 @@ from cdistream.inference.gate import REFINE_ABOVE, REFINE_ITERATIONS, threshold_
 from cdistream.inference.result import finish
 from cdistream.physics import compare, fit_ramp, phase_retrieval
 
-from . import holdout
+from . import holdout, realdata
 from .card import write_card
 from .figures import plot_examples, plot_gate
 
@@ -94,6 +94,41 @@ def _cohere(m: np.ndarray, valid: np.ndarray) -> Reconstruction:
 def _single_ms(fn, patterns: np.ndarray, valid: np.ndarray) -> float:
     times = [_timed(fn, p[None], v[None])[1] for p, v in zip(patterns, valid, strict=True)]
     return 1e3 * float(np.median(times))
+
+
+# the other test sets: slices of 3D crystals (independent) and the training recipe's fresh seed
+EXTRA_BASELINE_CONDITIONS = ("noise_free", "photons_1e4")
+
+
+def _evaluate_set(methods: dict, test: holdout.HoldoutSet, baseline: tuple[str, ...]) -> dict:
+    """Every method on every condition of ``test`` (the slow ones on ``baseline`` only)."""
+    out: dict = {"test_examples": len(test), "meta": test.meta, "conditions": {}}
+    for name in test.magnitudes:
+        m, v = test.magnitudes[name], test.valid[name]
+        out["conditions"][name] = {}
+        for method, fn in methods.items():
+            if method != "nn" and name not in baseline:
+                continue
+            result, seconds = _timed(fn, m, v)
+            score = _score(result, test, seconds)
+            score.pop("_iou"), score.pop("_chi2")
+            out["conditions"][name][method] = score
+            log.info("%s / %s / %s: IoU %.3f, phase %.3f rad, chi2 %.4f", test.meta["generator"],
+                     name, method, score["iou"], score["phase_rmse"], score["chi2"])
+    return out
+
+
+def evaluate_extra(model_path: Path, sets: dict[str, holdout.HoldoutSet]) -> dict:
+    """The networks, the networks + refinement and our ER/HIO on each further test set."""
+    rec = Reconstructor.load(model_path)
+    rec.warm_up()
+    methods = {
+        "nn": lambda m, v: rec.reconstruct(m, valid=v),
+        "nn_refine": lambda m, v: rec.reconstruct(m, refine=REFINE_ITERATIONS, valid=v),
+        "er_hio": _ours,
+    }
+    return {name: _evaluate_set(methods, test, EXTRA_BASELINE_CONDITIONS)
+            for name, test in sets.items()}
 
 
 def evaluate(model_path: Path, test: holdout.HoldoutSet, out: Path, cohere: str = "auto") -> dict:
@@ -203,6 +238,31 @@ def evaluate_and_card(
     test = holdout.load(test_path)
     out.mkdir(parents=True, exist_ok=True)
     metrics = evaluate(model_path, test, out, cohere)
+    metrics["sets"] = evaluate_extra(model_path, _extra_sets(test_path.parent))
+    scan = realdata.default_scan()
+    if scan.is_dir():
+        metrics["real"] = realdata.evaluate_scan(model_path, scan, REFINE_ITERATIONS,
+                                                 out / "real.png")
+    else:
+        log.warning("no real scan at %s: the card's real-data section stays empty", scan)
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     total = None if started is None else time.monotonic() - started
     write_card(out, model_path, command, train_path, test_path, metrics, total)
     return metrics
+
+
+def _extra_sets(workdir: Path) -> dict[str, holdout.HoldoutSet]:
+    """The slices of 3D crystals (independent) and the training recipe's fresh seed, built
+    once into ``workdir``."""
+    from .__main__ import DEFAULTS
+
+    count, seed = DEFAULTS["test_count"], DEFAULTS["test_seed"]
+    builders = {"slices_3d": holdout.build_3d, "training_recipe": holdout.build_recipe}
+    sets = {}
+    for name, build in builders.items():
+        path = Path(workdir) / f"{name}_{count}_seed{seed}.h5"
+        if not path.exists():
+            log.info("building the %s test set at %s", name, path)
+            holdout.save(build(count, seed), path)
+        sets[name] = holdout.load(path)
+    return sets

@@ -12,10 +12,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from cdistream.physics import align  # noqa: E402
+from cdistream.physics import align, centre  # noqa: E402
 from cdistream.plotting import display_phase, show_amplitude, show_pattern, show_phase  # noqa: E402
 
-__all__ = ["plot_examples", "plot_gate"]
+__all__ = ["plot_examples", "plot_gate", "plot_real"]
 
 
 def plot_examples(test, results: dict, path: Path, condition: str = "noise_free") -> Path:
@@ -81,5 +81,36 @@ def plot_gate(gate: dict, conditions: dict, path: Path) -> Path:
     right.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+_REAL_LABELS = {"nn": "networks", "nn_refine": "networks + refine", "er_hio": "ER/HIO best of 4",
+                "cohere": "cohere-core best of 4"}
+
+
+def plot_real(magnitudes: np.ndarray, frames: np.ndarray, objects: dict, path: Path,
+              shown: int = 6, crop: int = 7) -> Path:
+    """The real scan: per shown frame the measured pattern, then amplitude and phase of each
+    method, all registered (twin, shift, global phase) on ER/HIO's, the window's centre."""
+    picks = np.linspace(0, len(frames) - 1, min(shown, len(frames))).round().astype(int)
+    reference = centre(objects.get("er_hio", next(iter(objects.values())))[picks])
+    rows = 1 + 2 * len(objects)
+    fig, axes = plt.subplots(rows, len(picks), figsize=(2.1 * len(picks), 1.75 * rows),
+                             squeeze=False)
+    n = magnitudes.shape[-1]
+    view = slice(crop, n - crop)
+    for j, k in enumerate(picks):
+        show_pattern(fig, axes[0, j], magnitudes[k], f"frame {frames[k]}")
+    for i, (name, obj) in enumerate(objects.items()):
+        aligned = align(obj[picks], reference)[0]
+        for j in range(len(picks)):
+            o = aligned[j]
+            amp = np.abs(o) / max(float(np.abs(o).max()), 1e-30)
+            label = _REAL_LABELS.get(name, name)
+            show_amplitude(fig, axes[1 + 2 * i, j], amp[view, view], f"{label}")
+            show_phase(fig, axes[2 + 2 * i, j], display_phase(o)[view, view], f"{label} phase")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
     plt.close(fig)
     return path

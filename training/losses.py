@@ -3,7 +3,8 @@ so that it runs on any Keras backend (TensorFlow on the CPU, JAX on a GPU):
 
 - targets are centred (translation fixed) and each pattern is scored against whichever of the
   object and its twin image the network chose;
-- the phase term ignores a global offset and a linear ramp (the ROI's centre sets the ramp);
+- the phase term ignores a global offset, a linear ramp (the ROI's centre sets the ramp) and
+  whole turns (targets are wrapped; projected strain may wind round a dislocation);
 - a reciprocal-space term compares |FT(prediction)| with the measured magnitudes on the valid
   pixels (AutoPhaseNN, PtychoPINN): invariant to twin and translation by construction, it ties
   the prediction to the data, ramp included.
@@ -26,22 +27,23 @@ def twin_targets(amplitude, phase):
 
 
 def _plane_free_mse(d, w):
-    """Weighted mean square of d (batch, N, N) after removing its weighted best-fit plane."""
+    """Weighted mean of 2 (1 - cos r) per pattern, r the phase difference d (batch, N, N) less
+    its best-fit plane (offset and linear ramp), all found on the unit circle: blind to 2 pi, so
+    targets may be wrapped and projected strain may hold vortices. Equals the mean square of r
+    for small r. The ramp's slopes are the weighted mean neighbour-to-neighbour differences."""
     n = d.shape[1]
     grid = ops.cast(ops.arange(n), "float32")
     rows, cols = grid[None, :, None], grid[None, None, :]
-    sw = ops.sum(w, axis=(1, 2)) + EPS
-    mean = lambda v: ops.sum(w * v, axis=(1, 2)) / sw  # noqa: E731
-    r = rows - mean(rows)[:, None, None]
-    c = cols - mean(cols)[:, None, None]
-    dm = d - mean(d)[:, None, None]
-    srr, scc, src = mean(r * r), mean(c * c), mean(r * c)
-    srd, scd = mean(r * dm), mean(c * dm)
-    det = srr * scc - src * src + EPS
-    b = (scc * srd - src * scd) / det
-    g = (srr * scd - src * srd) / det
-    residual = dm - b[:, None, None] * r - g[:, None, None] * c
-    return mean(residual * residual)
+    wr = w[:, 1:, :] * w[:, :-1, :]
+    wc = w[:, :, 1:] * w[:, :, :-1]
+    dr = d[:, 1:, :] - d[:, :-1, :]
+    dc = d[:, :, 1:] - d[:, :, :-1]
+    a = ops.arctan2(ops.sum(wr * ops.sin(dr), (1, 2)), ops.sum(wr * ops.cos(dr), (1, 2)) + EPS)
+    b = ops.arctan2(ops.sum(wc * ops.sin(dc), (1, 2)), ops.sum(wc * ops.cos(dc), (1, 2)) + EPS)
+    rest = d - a[:, None, None] * rows - b[:, None, None] * cols
+    c = ops.arctan2(ops.sum(w * ops.sin(rest), (1, 2)), ops.sum(w * ops.cos(rest), (1, 2)) + EPS)
+    residual = rest - c[:, None, None]
+    return ops.sum(w * 2 * (1 - ops.cos(residual)), (1, 2)) / (ops.sum(w, (1, 2)) + EPS)
 
 
 def _branch(amp_true, phase_true, amp_pred, phase_pred, phase_weight: float):

@@ -46,6 +46,7 @@ class TrainConfig:
     validation: int = 5000
     seed: int = 0
     workers: int = 1
+    resume_dir: str | None = None  # per-epoch state: a run killed part way resumes from it
     measurement: MeasurementRecipe = field(default_factory=MeasurementRecipe)
     history: list[dict] = field(default_factory=list)
 
@@ -75,13 +76,23 @@ class _Trainer(keras.Model):
 
 
 class _KeepBest(keras.callbacks.Callback):
-    """Log each epoch and remember the network's weights at the lowest validation loss."""
+    """Log each epoch and remember the network's weights at the lowest validation loss; with a
+    ``state`` directory, keep both there too, so that a resumed run carries them on."""
 
-    def __init__(self, net: keras.Model, config: TrainConfig):
+    def __init__(self, net: keras.Model, config: TrainConfig, state: Path | None):
         super().__init__()
-        self.net, self.config = net, config
+        self.net, self.config, self.state = net, config, state
         self.best, self.weights = np.inf, None
         self.started = time.monotonic()
+        if state is not None and (state / "best.json").exists():
+            saved = json.loads((state / "best.json").read_text())
+            self.best, config.history[:] = saved["best"], saved["history"]
+            self.started -= config.history[-1]["elapsed_s"] if config.history else 0.0
+            spare = keras.models.clone_model(net)
+            spare.load_weights(state / "best.weights.h5")
+            self.weights = spare.get_weights()
+            log.info("resuming after epoch %d (best validation loss %.4f)", len(saved["history"]),
+                     self.best)
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
@@ -95,6 +106,12 @@ class _KeepBest(keras.callbacks.Callback):
         log.info("epoch %d: %s", epoch + 1, json.dumps(record))
         if record["val_loss"] < self.best:
             self.best, self.weights = record["val_loss"], self.net.get_weights()
+            if self.state is not None:
+                self.state.mkdir(parents=True, exist_ok=True)
+                self.net.save_weights(self.state / "best.weights.h5")
+        if self.state is not None:
+            saved = {"best": self.best, "history": self.config.history}
+            (self.state / "best.json").write_text(json.dumps(saved))
 
 
 def train(data: CrystalSet, out: Path, config: TrainConfig) -> keras.Model:
@@ -125,10 +142,17 @@ def train(data: CrystalSet, out: Path, config: TrainConfig) -> keras.Model:
         optimizer=keras.optimizers.AdamW(schedule, weight_decay=config.weight_decay, clipnorm=1.0),
         jit_compile=False,  # XLA's CPU convolutions are slower than oneDNN's here
     )
-    keep = _KeepBest(net, config)
-    started = time.monotonic()
+    state = Path(config.resume_dir) if config.resume_dir else None
+    callbacks: list[keras.callbacks.Callback] = [keep := _KeepBest(net, config, state)]
+    if state is not None:
+        done = len(config.history)  # epochs already trained by a run this one resumes
+        if done:
+            batches.epoch = done
+            batches.on_epoch_end()  # the data order and draws of the epoch it resumes at
+        trainer(batches[0][0])  # built, so that the saved optimizer state can load
+        callbacks.append(keras.callbacks.BackupAndRestore(str(state / "backup")))
     trainer.fit(
-        batches, epochs=config.epochs, validation_data=validation, callbacks=[keep], verbose=2
+        batches, epochs=config.epochs, validation_data=validation, callbacks=callbacks, verbose=2
     )
     shipped = build_cdi_nn(n, tuple(config.widths))  # float32 throughout: the file users load
     shipped.set_weights(keep.weights)
@@ -139,8 +163,11 @@ def train(data: CrystalSet, out: Path, config: TrainConfig) -> keras.Model:
         "best_val_loss": keep.best,
         "train_examples": len(train_set),
         "validation_examples": len(val_set),
-        "train_seconds": time.monotonic() - started,
+        "train_seconds": config.history[-1]["elapsed_s"] if config.history else 0.0,
         "backend": keras.backend.backend(),
     }
     out.with_suffix(".json").write_text(json.dumps(summary, indent=2))
+    if state is not None:  # done: a later run starts afresh
+        for name in ("best.json", "best.weights.h5"):
+            (state / name).unlink(missing_ok=True)
     return shipped

@@ -16,7 +16,12 @@ import tempfile
 
 import numpy as np
 
-__all__ = ["COHERE_SEQUENCE", "cohere_available", "cohere_phase_retrieval"]
+__all__ = [
+    "COHERE_SEQUENCE",
+    "cohere_available",
+    "cohere_phase_retrieval",
+    "cohere_phase_retrieval_3d",
+]
 
 log = logging.getLogger(__name__)
 
@@ -55,3 +60,29 @@ def cohere_phase_retrieval(magnitudes: np.ndarray, sequence: str = COHERE_SEQUEN
                 rec.iterate()
             out.append(np.conj(np.asarray(rec.get_image())))
     return np.stack(out)
+
+
+def cohere_phase_retrieval_3d(magnitudes: np.ndarray, sequence: str = COHERE_SEQUENCE,
+                              seed: int | None = None) -> np.ndarray:
+    """One cohere-core reconstruction (its own random start, numpy's global generator seeded
+    with ``seed`` when given) of a 3D cube of magnitudes, zero frequency at its centre; the
+    complex object in cdistream's convention."""
+    import cohere_core.controller.phasing as phasing
+
+    if seed is not None:
+        np.random.seed(seed)
+    params = {
+        "algorithm_sequence": sequence,
+        "shrink_wrap_trigger": [1, 20],
+        "shrink_wrap_type": "GAUSS",
+        "shrink_wrap_threshold": 0.1,
+        "shrink_wrap_gauss_sigma": 1.0,
+        "initial_support_area": (0.5, 0.5, 0.5),
+    }
+    with tempfile.TemporaryDirectory(prefix="cdistream-cohere-") as tmp:
+        path = os.path.join(tmp, "data.npy")
+        np.save(path, np.asarray(magnitudes, np.float32))
+        with contextlib.redirect_stdout(io.StringIO()):
+            rec = phasing.create_rec(params, path, "np", -1, debug=True)
+            rec.iterate()
+        return np.conj(np.asarray(rec.get_image()))

@@ -67,7 +67,7 @@ def stage_costs(rec: Reconstructor, calls: int = 400) -> dict[str, float]:
     registration = SeriesRegistration()
     costs["registration"] = _us_per_call(lambda i: registration.register(result), 10) / 256
     composer = RunComposer(lambda name, doc: packb(doc), rec.n, {"plan_name": "bench"})
-    frames = [(i, 0.0, crops[i % 16]) for i in range(256)]
+    frames = [(i, 0.0, crops[i % 16], {}) for i in range(256)]
     flags = np.zeros(256, bool)
     costs["documents_and_msgpack"] = (
         _us_per_call(lambda i: composer.reconstructions(frames, result, flags, flags), 10) / 256

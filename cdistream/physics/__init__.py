@@ -2,6 +2,7 @@
 the forward model, chi2, ambiguity-invariant comparison and iterative phase retrieval."""
 
 from .compare import Comparison, align, compare, extent, twin_distinction
+from .crystals3d import Crystal3DRecipe, random_crystal_slice, random_crystal_slices
 from .forward import (
     centre,
     centre_of_mass,
@@ -15,10 +16,12 @@ from .forward import (
 from .iterative import autocorrelation_support, phase_retrieval
 from .measurement import Measurement, MeasurementRecipe, blur_intensity, measure, peak_offsets
 from .objects import ObjectRecipe, random_object, random_objects, strain_phase
+from .oversampling import object_extent, oversampling
 from .ramp import fit_ramp, plane_fit, ramp_plane, ramp_to_offset, remove_ramp
 
 __all__ = [
     "Comparison",
+    "Crystal3DRecipe",
     "Measurement",
     "MeasurementRecipe",
     "ObjectRecipe",
@@ -34,11 +37,15 @@ __all__ = [
     "fit_ramp",
     "fourier_shift",
     "measure",
+    "object_extent",
+    "oversampling",
     "peak_offsets",
     "phase_retrieval",
     "plane_fit",
     "poisson_magnitudes",
     "predicted_intensity",
+    "random_crystal_slice",
+    "random_crystal_slices",
     "random_object",
     "ramp_plane",
     "ramp_to_offset",

@@ -12,7 +12,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from skimage.registration import phase_cross_correlation
 
 from .forward import fourier_shift, twin
 from .ramp import remove_ramp
@@ -43,6 +42,8 @@ def _register(candidate: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.
     """Shift each candidate (sub-pixel, magnitude-preserving) to best overlap the truth by
     amplitude cross-correlation, then rotate its global phase onto the truth.
     Returns (registered, |<truth, registered>|)."""
+    from skimage.registration import phase_cross_correlation  # scikit-image only when scoring
+
     shifts = np.stack(
         [
             phase_cross_correlation(np.abs(t), np.abs(c), upsample_factor=20, normalization=None)[0]

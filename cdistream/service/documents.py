@@ -15,7 +15,14 @@ from event_model.documents import Event, EventDescriptor, RunStart, RunStop
 from cdistream.inference import Reconstruction
 from cdistream.roi import Crop
 
-__all__ = ["ARCHIVED", "ARCHIVE_KEYS", "RECON_KEYS", "REJECTED_KEYS", "RunComposer"]
+__all__ = [
+    "ARCHIVED",
+    "ARCHIVE_KEYS",
+    "RECON_KEYS",
+    "REJECTED_KEYS",
+    "VOLUME_KEYS",
+    "RunComposer",
+]
 
 Emit = Callable[[str, dict], None]
 SOURCE = "cdistream"
@@ -68,6 +75,16 @@ def ARCHIVE_KEYS(n: int) -> dict[str, dict]:  # noqa: N802 (a table, named like 
     return keys
 
 
+def VOLUME_KEYS(shape: tuple[int, ...]) -> dict[str, dict]:  # noqa: N802 (a table)
+    """Data keys of the ``volume`` stream: the 3D reconstruction, stored in HDF5."""
+    def key(dtype: str) -> dict:
+        return {"source": SOURCE, "dtype": "array", "shape": list(shape), "dtype_numpy": dtype,
+                "external": "STREAM:"}
+
+    return {"amplitude": key("<f4"), "phase": {**key("<f4"), "units": "rad"},
+            "support": key("|u1")}
+
+
 class RunComposer:
     """Composes and emits the documents of one run; ``emit(name, doc)`` publishes them."""
 
@@ -78,6 +95,7 @@ class RunComposer:
         metadata: dict[str, Any],
         binning: int = 1,
         uid: str | None = None,
+        motors: tuple[str, ...] = (),
     ):
         self._emit = emit
         self._binning = binning  # detector pixels per ROI pixel, for the peak offset
@@ -87,9 +105,13 @@ class RunComposer:
         )
         self.start: RunStart = self._bundle.start_doc
         emit("start", self.start)
+        keys = RECON_KEYS(n)
+        # the detector's per-frame numbers (motor positions): under their own names
+        self._motors = {m: (m if m not in keys else f"motor_{m}") for m in motors}
+        keys.update({key: _scalar("number") for key in self._motors.values()})
         self._primary = self._bundle.compose_descriptor(
             name="primary",
-            data_keys=RECON_KEYS(n),
+            data_keys=keys,
             hints={SOURCE: {"fields": ["chi2", "phase_std"]}},
         )
         self.descriptor: EventDescriptor = self._primary.descriptor_doc
@@ -101,13 +123,13 @@ class RunComposer:
 
     def reconstructions(
         self,
-        frames: list[tuple[int, float, Crop]],
+        frames: list[tuple[int, float, Crop, dict[str, float]]],
         result: Reconstruction,
         refined: np.ndarray,
         trusted: np.ndarray,
     ) -> list[Event]:
-        """One event per frame of a batch: (frame number, detector timestamp, crop) each, and
-        per frame whether the trust gate refined it and whether it is trusted."""
+        """One event per frame of a batch: (frame number, detector timestamp, crop, positions)
+        each, and per frame whether the trust gate refined it and whether it is trusted."""
         events = []
         # per-frame statistics for the whole batch at once (phase is 0 outside the support)
         area = result.support.sum(axis=(1, 2))
@@ -116,7 +138,7 @@ class RunComposer:
         square = np.square(result.phase, dtype=np.float64).sum(axis=(1, 2)) / inside
         std = np.sqrt(np.maximum(square - mean**2, 0))
         binning = self._binning
-        for k, (frame, stamp, crop) in enumerate(frames):
+        for k, (frame, stamp, crop, positions) in enumerate(frames):
             now = time.time()
             data = {
                 "frame": frame,
@@ -137,6 +159,8 @@ class RunComposer:
                 "trusted": bool(trusted[k]),
                 "latency": now - stamp,
             }
+            for motor, key in self._motors.items():
+                data[key] = positions.get(motor, float("nan"))
             stamps = dict.fromkeys(data, stamp)
             # built from fixed keys by this code, so not re-validated per frame: jsonschema on
             # three arrays cost ~1 ms an event, more than the networks (the tests validate)
@@ -181,6 +205,29 @@ class RunComposer:
             self._emit("stream_datum", datum)
         self._archived = stop
         self._counters["archive"] = stop + 1  # event-model keeps the next seq_num here
+
+    def volume(self, path: str, shape: tuple[int, ...], datasets: dict[str, str]) -> None:
+        """Announce the run's 3D reconstruction: a ``volume`` stream of one event whose arrays
+        (``shape``) are external, in the file at ``path`` (``datasets``: name -> HDF5 path,
+        each with a leading axis of 1), a StreamResource and a StreamDatum per array."""
+        stream = self._bundle.compose_descriptor(name="volume", data_keys=VOLUME_KEYS(shape))
+        self._emit("descriptor", stream.descriptor_doc)
+        for name, dataset in datasets.items():
+            resource = self._bundle.compose_stream_resource(
+                mimetype="application/x-hdf5",
+                uri=f"file://localhost{path}",
+                data_key=name,
+                parameters={"dataset": dataset, "chunk_shape": [1, *shape]},
+            )
+            self._emit("stream_resource", resource.stream_resource_doc)
+            datum = resource.compose_stream_datum(
+                indices={"start": 0, "stop": 1},
+                seq_nums={"start": 1, "stop": 2},
+                descriptor=stream.descriptor_doc,
+                validate=False,
+            )
+            self._emit("stream_datum", datum)
+        self._counters["volume"] = 2  # event-model keeps the next seq_num here
 
     def rejection(self, frame: int, reason: str) -> Event:
         """Publish that ``frame`` will not be reconstructed, in the ``rejected`` stream."""

@@ -1,5 +1,6 @@
 """What every detector input shares once a message is decoded: series and runs, frame
-accounting (gaps, frames missing before the first and after the last), the ROI, and the hand-off
+accounting (gaps, frames missing before the first and after the last), the ROI (its binning
+chosen per series on the first frame, so that the crystal fits the window), and the hand-off
 to the queue. Every series is closed: by the detector's end message, or here when a new series
 starts first or the input stops (then counted as not ended, with the announced frames that
 never came). The transports (:mod:`.receiver` for ZeroMQ, :mod:`.pva_input` for PVAccess) only
@@ -8,10 +9,19 @@ move messages."""
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 
 import numpy as np
 
-from cdistream.roi import BadPixels, PeakTracker, RoiConfig, RoiRejected, extract, warm
+from cdistream.roi import (
+    BadPixels,
+    PeakTracker,
+    RoiConfig,
+    RoiRejected,
+    choose_binning,
+    extract,
+    warm,
+)
 from cdistream.wire import DecodeError, Frame, Message, SeriesEnd, SeriesStart
 
 from .accounting import Accounting
@@ -39,6 +49,8 @@ class Ingest:
         self._first_frame = first_frame
         self._max_frame_bytes = max_frame_bytes
         self._series: SeriesStart | None = None
+        self._opened = True  # the current run's RunStart is queued (it waits for a frame)
+        self._series_roi = roi  # the ROI of the current series: its binning may be less
         self._run = 0  # the current run's number; 0 before the first series
         self._bad: BadPixels | None = None  # the series' mask, ready for the ROI
         self._saturation: float | None = roi.saturation
@@ -88,6 +100,7 @@ class Ingest:
         if count & (count - 1) == 0:  # log the 1st, 2nd, 4th, 8th ... of each reason
             log.warning("rejected (%s, %d so far): %s", reason, count, detail)
         if frame is not None and run is not None:
+            self._open(None)
             self._queue.put(Rejection(run, frame, reason))
 
     def _count_arrival(self, frame: int) -> None:
@@ -117,15 +130,44 @@ class Ingest:
             detail = f"frame {frame.frame} is {frame.image.shape}, the series {expected}"
             self._reject(self._run, "wrong_shape", detail, frame.frame)
             return
+        positions = frame.positions or self._listed(frame.frame)
+        if not self._opened:
+            self._open(frame.image, tuple(positions))
         try:
-            crop = extract(frame.image, self._roi, self._bad, self._saturation, self.tracker)
+            crop = extract(frame.image, self._series_roi, self._bad, self._saturation,
+                           self.tracker)
         except RoiRejected as exc:
             self._reject(self._run, exc.reason, f"frame {frame.frame}: {exc}", frame.frame)
             return
         except Exception as exc:  # numpy on hostile data: reject the frame, keep serving
             self._reject(self._run, "roi_error", f"frame {frame.frame}: {exc!r}", frame.frame)
             return
-        self._queue.put(FrameItem(self._run, frame.series, frame.frame, frame.timestamp, crop))
+        self._queue.put(
+            FrameItem(self._run, frame.series, frame.frame, frame.timestamp, crop, positions)
+        )
+
+    def _listed(self, frame: int) -> dict[str, float]:
+        """Positions the series' start listed for ``frame`` (``motor_positions``: name -> one
+        number per frame, counted from the first frame; in the start's metadata, its V2
+        ``user_data`` or its V1 header appendix)."""
+        meta = (self._series.meta or {}) if self._series else {}
+        listed = None
+        for where in (meta, meta.get("user_data"), meta.get("appendix")):  # native, V2, V1
+            if isinstance(where, dict) and isinstance(where.get("motor_positions"), dict):
+                listed = where["motor_positions"]
+                break
+        if listed is None:
+            return {}
+        index = frame - self._first_frame
+        out = {}
+        for name, values in listed.items():
+            if isinstance(name, str) and isinstance(values, list | tuple) and 0 <= index < len(
+                values
+            ):
+                value = values[index]
+                if isinstance(value, int | float) and not isinstance(value, bool):
+                    out[name] = float(value)
+        return out
 
     def _begin(self, start: SeriesStart) -> None:
         if self._series is not None:  # the previous series never ended: end it here
@@ -156,7 +198,33 @@ class Ingest:
                     " socket may buffer more than the memory budget; restart with a larger"
                     " --max-frame-bytes", start.series, frame_bytes, self._max_frame_bytes,
                 )
-        self._queue.put(RunStart(self._run, start))
+        self._series_roi, self._opened = self._roi, False  # opened by its first frame
+
+    def _open(self, image: np.ndarray | None, motors: tuple[str, ...] = ()) -> None:
+        """Queue the current run's start, once: with the binning the first frame (``image``)
+        calls for, or as configured when the run opens without a usable frame; ``motors``:
+        what the first frame carries positions of."""
+        if self._opened or self._series is None:
+            return
+        self._opened = True
+        sampling = None
+        if image is not None:
+            try:
+                sampling = choose_binning(image, self._roi, self._bad, self._saturation)
+            except Exception:  # hostile data: the frame itself will be rejected
+                log.debug("no sampling estimate on the first frame", exc_info=True)
+        if sampling is not None:
+            self._series_roi = replace(self._roi, binning=sampling.binning)
+            if sampling.reduced:
+                log.warning("series %d: binning %d instead of %d (oversampling %.2f at %d)",
+                            self._series.series, sampling.binning, sampling.asked_binning,
+                            sampling.oversampling, sampling.binning)
+            if not sampling.fits:
+                log.warning("series %d: the crystal does not fit the window (oversampling %.2f"
+                            " < 2 even unbinned): reconstructions cannot be right",
+                            self._series.series, sampling.oversampling)
+                self._acct.notice(self._run, "undersampled")
+        self._queue.put(RunStart(self._run, self._series, sampling, motors))
 
     def _end(self, end: SeriesEnd) -> None:
         if self._series is None or self._series.series != end.series:
@@ -177,5 +245,6 @@ class Ingest:
                 self._acct.missing_after_last(self._run, after)
         if not end.complete:
             self._acct.notice(self._run, "series_not_ended")
+        self._open(None)
         self._queue.put(RunEnd(self._run, end))
         self._series, self._last_frame = None, -1

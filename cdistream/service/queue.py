@@ -13,11 +13,11 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
-from cdistream.roi import Crop
+from cdistream.roi import Crop, Sampling
 from cdistream.wire import SeriesEnd, SeriesStart
 
 __all__ = ["FrameItem", "FrameQueue", "Rejection", "RunEnd", "RunStart"]
@@ -32,6 +32,7 @@ class FrameItem:
     frame: int
     timestamp: float
     crop: Crop
+    positions: dict[str, float] = field(default_factory=dict)  # motor positions, by name
 
     @property
     def nbytes(self) -> int:
@@ -49,10 +50,13 @@ class Rejection:
 
 @dataclass(frozen=True)
 class RunStart:
-    """The receiver saw a series start (or the first frame of a series whose start it missed)."""
+    """The receiver saw a series start (or the first frame of a series whose start it missed),
+    and, from its first frame, how its crystal fits the window (None: no frame came)."""
 
     run: int
     start: SeriesStart
+    sampling: Sampling | None = None
+    motors: tuple[str, ...] = ()  # what the frames carry positions of (events' data keys)
 
 
 @dataclass(frozen=True)

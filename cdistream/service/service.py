@@ -40,10 +40,12 @@ from .receiver import DEFAULT_MAX_FRAME_BYTES, Receiver
 from .runs import RunWriter
 from .security import Curve, is_loopback
 from .sequencer import Lost, Sequencer
+from .volumes import VolumeWorker
 
 __all__ = ["Service", "ServiceConfig", "returned_results"]
 
 WORKERS_READY_S = 180.0  # each worker loads TensorFlow and the model, then traces it
+VOLUME_DRAIN_S = 60.0  # stopping, a 3D reconstruction under way gets this long to finish
 
 log = logging.getLogger(__name__)
 
@@ -150,6 +152,7 @@ class Service:
             self.config.archive,
             self.reconstructor.n,
             self.config.roi.binning,
+            VolumeWorker() if self.config.archive is not None else None,
         )
         self._stop = threading.Event()
         self.failed = threading.Event()  # the worker could not go on: exit non-zero
@@ -242,6 +245,7 @@ class Service:
             self._worker.join()
         if self.runs.current is not None:  # the worker died: close what it left open
             self.runs.close("abort", ["the service stopped"])
+        self.runs.drain_volumes(VOLUME_DRAIN_S)
         if self.pool is not None:
             self.pool.close()
         self.metrics.close()
@@ -322,6 +326,7 @@ class Service:
             if self.pool is not None:
                 self._collect()
                 self._guarded("restart_workers", self._revive_workers)
+            self._guarded("volumes", self.runs.poll_volumes)
             if time.monotonic() >= next_status:
                 log.info("status: %s queued=%d", self.accounting.snapshot(), len(self._queue))
                 next_status = time.monotonic() + self.config.status_interval
@@ -466,7 +471,7 @@ class Service:
             self.accounting.notice(last.run, "pva_output_failed")
 
     def _open_run(self, opened: RunStart) -> None:
-        start = opened.start
+        start, sampling = opened.start, opened.sampling
         self.registration.reset()
         detector, notices = document_safe(start.meta or {})
         for notice in notices:
@@ -484,7 +489,9 @@ class Service:
             "detector": detector,
             "model": self.reconstructor.source,
             "device": self.reconstructor.device,
-            "roi": asdict(self.config.roi),
+            "roi": asdict(replace(self.config.roi, binning=sampling.binning) if sampling
+                          else self.config.roi),
+            "sampling": sampling.document() if sampling else {"estimated": False},
             "max_batch": self.config.max_batch,
             "max_wait_ms": self.config.max_wait_ms,
             "refine_above": self.config.refine_above,
@@ -497,3 +504,4 @@ class Service:
     def _end_run(self, ended: RunEnd) -> None:
         self._publish_dropped()
         self.runs.end(ended)
+

@@ -95,6 +95,6 @@ class Encoder:
             "frame": message.frame,
             "timeStamp": message.timestamp - EPICS_EPOCH,
             "encoding": "",
-            "ndattr": {"series": message.series},
+            "ndattr": {"series": message.series, **message.positions},
         }
         return [[json.dumps(head).encode(), memoryview(image).cast("B")]]

@@ -10,7 +10,18 @@ import numpy as np
 
 from .messages import Frame, Message, SeriesEnd, SeriesStart
 
-__all__ = ["CounterSeries"]
+__all__ = ["CounterSeries", "numeric"]
+
+
+def numeric(attrs: dict[str, Any]) -> dict[str, float]:
+    """The finite numbers among a frame's attributes (motor positions, say), ``series`` and
+    bools aside."""
+    out = {}
+    for name, value in attrs.items():
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        if ok and name != "series" and np.isfinite(value) and isinstance(name, str):
+            out[name] = float(value)
+    return out
 
 
 class CounterSeries:
@@ -44,7 +55,7 @@ class CounterSeries:
             out.append(SeriesStart(series, None, image.dtype.name, None, meta))
             self.series, self._started = series, self._started + 1
         self.last = frame
-        out.append(Frame(series, frame, timestamp, image))
+        out.append(Frame(series, frame, timestamp, image, numeric(attrs)))
         return out
 
     def end(self) -> list[Message]:

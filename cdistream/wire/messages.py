@@ -37,12 +37,15 @@ class SeriesStart:
 
 @dataclass(frozen=True)
 class Frame:
-    """One detector image. ``image`` may be a read-only view on the received buffer."""
+    """One detector image. ``image`` may be a read-only view on the received buffer;
+    ``positions``: numbers the detector sent with this frame (motor positions as
+    areaDetector's NDAttributes, say), by name."""
 
     series: int
     frame: int
     timestamp: float  # seconds since the epoch, when the detector produced it
     image: np.ndarray
+    positions: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

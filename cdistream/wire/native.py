@@ -10,6 +10,7 @@ import msgpack
 import numpy as np
 
 from .checks import image_bytes, image_shape, required
+from .counter_series import numeric
 from .messages import DecodeError, Frame, Message, SeriesEnd, SeriesStart
 
 __all__ = ["PROTOCOL", "Decoder", "Encoder", "decode", "encode"]
@@ -30,6 +31,8 @@ def encode(message: Message) -> list[Any]:
             "shape": list(image.shape),
             "dtype": image.dtype.name,
         }
+        if message.positions:
+            header["positions"] = dict(message.positions)
         return [msgpack.packb(header), memoryview(image).cast("B")]
     if isinstance(message, SeriesStart):
         header = {
@@ -78,11 +81,13 @@ def decode(parts: Sequence[Any]) -> Message:
         if buffer.nbytes != shape[0] * shape[1] * dtype.itemsize:
             raise DecodeError("wrong_size", f"{buffer.nbytes} bytes for {shape} {dtype.name}")
         image = np.frombuffer(buffer, dtype=dtype).reshape(shape)
+        positions = header.get("positions", {})
         return Frame(
             required(header, "series", int),
             required(header, "frame", int),
             float(required(header, "timestamp", (int, float))),
             image,
+            numeric(positions) if isinstance(positions, dict) else {},
         )
     if kind == "start":
         shape, dtype = _geometry(header)
