@@ -337,7 +337,7 @@ def view_3d(args: argparse.Namespace) -> None:
 
 def worker(args: argparse.Namespace) -> None:
     """``pvapy-hpc-consumer`` running cdistream's processor: exec'd, so signals reach it."""
-    from cdistream.service.pva_pool import consumer_command
+    from cdistream.service.pva.pool import consumer_command
 
     command = consumer_command(args.prefix, args.id, {
         "models": str(args.models) if args.models else None,

@@ -31,7 +31,7 @@ __all__ = [
 CUBE_DEPTH = 32  # frames along the rocking axis: with a 32 x 32 ROI a 32^3 cube
 STARTS = 8  # random starts averaged (measured on the 34-ID-C scan, models/MODEL_CARD.md)
 MIN_FRAMES = 8  # fewer frames around the peak than this: not a rocking scan worth phasing
-PEAKED = 2.0  # a rocking scan's brightest frame holds at least this many times its median's
+PEAKED = 2.0  # a rocking curve's peak holds at least this many times what both its ends hold
 
 
 @dataclass
@@ -172,12 +172,18 @@ class CubeCollector:
             self._totals = [self._totals[i] for i in keep]
 
     def rocking(self) -> bool:
-        """Enough frames, and a peaked rocking curve: its brightest frame well above the
-        median frame (a series that only streams a steady crystal is not a rocking scan)."""
+        """Enough frames, and a rocking curve: the frames' counts rise to a peak inside the
+        series and fall again, both ends :data:`PEAKED` times under it (a steady crystal, or
+        one whose pattern only grows, as an operando series', is not a rocking scan)."""
         if len(self._rows) < MIN_FRAMES:
             return False
-        totals = np.asarray(self._totals)
-        return float(totals.max()) >= PEAKED * max(float(np.median(totals)), 1e-30)
+        order = np.argsort([r[0] for r in self._rows])
+        totals = np.asarray(self._totals)[order]
+        top = int(np.argmax(totals))
+        if not 2 <= top <= len(totals) - 3:
+            return False
+        ends = max(float(totals[:2].mean()), float(totals[-2:].mean()))
+        return float(totals[top]) >= PEAKED * max(ends, 1e-30)
 
     def cube(self) -> Cube:
         rows = self._rows

@@ -115,3 +115,16 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+@pytest.fixture
+def tiled(tmp_path):
+    """A real Tiled server on localhost that may read the archive directory it is given:
+    (client, archive directory)."""
+    from tiled.client import from_uri
+    from tiled.server import SimpleTiledServer
+
+    archive = tmp_path / "archive"
+    archive.mkdir()
+    server = SimpleTiledServer(directory=tmp_path / "tiled", readable_storage=[archive])
+    return from_uri(server.uri), archive

@@ -59,15 +59,10 @@ def _series(pub, number: int, count: int, seed: int = 0):
 
 
 @pytest.mark.slow
-def test_archives_are_nexus_and_tiled_registers_the_run(shipped, context, tmp_path):
+def test_archives_are_nexus_and_tiled_registers_the_run(shipped, context, tiled):
     from bluesky_tiled_plugins import TiledWriter
-    from tiled.client import from_uri
-    from tiled.server import SimpleTiledServer
 
-    archive = tmp_path / "archive"
-    archive.mkdir()
-    server = SimpleTiledServer(directory=tmp_path / "tiled", readable_storage=[archive])
-    client = from_uri(server.uri)
+    client, archive = tiled
     seen: list[tuple[str, dict]] = []
     with DetectorPublisher(LOOPBACK, context=context) as pub:
         config = ServiceConfig(input=pub.address, feedback=LOOPBACK, archive=archive)

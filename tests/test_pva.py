@@ -126,26 +126,34 @@ def _zmq_iou(shipped, context, sim) -> float:
     return float(np.median(compare(recon, truth).iou))
 
 
+def serve_pva(context, log, channel: str, *options: str):
+    """``cdistream serve --format pva`` in a process of its own, a series ending 2 s after its
+    last frame: (process, feedback sink) once it serves."""
+    feedback = f"tcp://127.0.0.1:{free_port()}"
+    with log.open("w") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "cdistream", "serve", "--format", "pva", "--input", channel,
+             "--feedback", feedback, "--series-timeout", "2", *options],
+            stdout=subprocess.PIPE, stderr=err, text=True,
+        )
+    sink = DocumentSink(context, feedback)
+    deadline = time.monotonic() + 120
+    while "serving" not in log.read_text():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise AssertionError(log.read_text()[-2000:])
+        time.sleep(0.2)
+    return proc, sink
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_serve_reads_a_pva_detector_and_shows_on_pva(shipped, context, tmp_path):
     import pvaccess as pva
 
     channel, prefix = f"cdi:test{free_port()}:image", f"cdi:test{free_port()}:recon"
-    feedback = f"tcp://127.0.0.1:{free_port()}"
-    log = tmp_path / "serve.log"
-    with log.open("w") as err:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "cdistream", "serve", "--format", "pva", "--input", channel,
-             "--feedback", feedback, "--pva-output", prefix, "--series-timeout", "2"],
-            stdout=subprocess.PIPE, stderr=err, text=True,
-        )
+    proc, sink = serve_pva(context, tmp_path / "serve.log", channel, "--pva-output", prefix)
     try:
-        sink = DocumentSink(context, feedback)
-        deadline = time.monotonic() + 120
-        while "serving" not in log.read_text():
-            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-2000:]
-            time.sleep(0.2)
         detector = subprocess.run(
             [sys.executable, "-m", "sim_detector", "--format", "pva", "--bind", channel,
              "--frames", str(FRAMES), "--rate", "100", "--shape", "256x256", "--photons", "2e4",

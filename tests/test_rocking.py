@@ -18,7 +18,8 @@ from cdistream.spec import scan_positions
 from sim_detector import DetectorPublisher
 from sim_detector.replay import open_frames
 
-from .conftest import LOOPBACK, DocumentSink, free_port, validate
+from .conftest import LOOPBACK, free_port, validate
+from .test_pva import serve_pva
 from .test_service import accounted, start_service
 
 SCAN = Path(__file__).resolve().parents[2] / "shared/data/aps-34idc-au-scan54"
@@ -80,20 +81,8 @@ def test_the_real_scan_streams_in_with_theta_and_comes_out_in_3d(shipped, contex
 
 def test_the_real_scan_streams_in_over_pva_with_theta(context, tmp_path):
     channel = f"cdi:test{free_port()}:image"
-    feedback = f"tcp://127.0.0.1:{free_port()}"
-    log = tmp_path / "serve.log"
-    with log.open("w") as err:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "cdistream", "serve", "--format", "pva", "--input", channel,
-             "--feedback", feedback, "--series-timeout", "2"],
-            stdout=subprocess.PIPE, stderr=err, text=True,
-        )
+    proc, sink = serve_pva(context, tmp_path / "serve.log", channel)
     try:
-        sink = DocumentSink(context, feedback)
-        deadline = time.monotonic() + 120
-        while "serving" not in log.read_text():
-            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-2000:]
-            time.sleep(0.2)
         detector = subprocess.run(
             [sys.executable, "-m", "sim_detector", "--format", "pva", "--bind", channel,
              "--replay", str(SCAN / "frames"), "--spec", f"{SCAN / 'example.spec'}:54",
@@ -156,20 +145,15 @@ def test_a_rocking_scan_plan_reads_each_steps_reconstruction(shipped, context, t
     assert start["plan_name"] == "rocking_scan" and list(start["motors"]) == ["theta"]
 
 
-def test_tiled_registers_the_volume_and_reads_the_cube_back(shipped, context, tmp_path):
+def test_tiled_registers_the_volume_and_reads_the_cube_back(shipped, context, tiled):
     """The run's ``volume`` stream through bluesky-tiled-plugins' TiledWriter into a real Tiled
     server: the cube read back from Tiled equals the one in the volume file."""
     from bluesky_tiled_plugins import TiledWriter
-    from tiled.client import from_uri
-    from tiled.server import SimpleTiledServer
 
     from cdistream.bluesky.consumer import RemoteConsumer
     from cdistream.service import Service, ServiceConfig
 
-    archive = tmp_path / "archive"
-    archive.mkdir()
-    server = SimpleTiledServer(directory=tmp_path / "tiled", readable_storage=[archive])
-    client = from_uri(server.uri)
+    client, archive = tiled
     seen: list[tuple[str, dict]] = []
     with DetectorPublisher(LOOPBACK, context=context) as pub:
         pub.name = "native"

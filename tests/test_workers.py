@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cdistream.service.sequencer import Lost, Sequencer
+from cdistream.service.pva.sequencer import Lost, Sequencer
 
 from .conftest import DocumentSink, free_port, validate
 from .test_serve_process import accounted_counts, serve, simulate, stop
@@ -42,7 +42,7 @@ def test_the_sequencer_keeps_order_and_gives_up_on_overdue_frames():
 def test_a_worker_that_keeps_dying_young_is_restarted_ever_more_slowly():
     """The pool's restart policy on real processes that exit at once (a worker whose model
     cannot load): never a tight loop; one that had run a while comes back after a second."""
-    from cdistream.service.pva_pool import WorkerPool
+    from cdistream.service.pva.pool import WorkerPool
 
     class ExitingWorkers(WorkerPool):
         def _spawn(self, worker: int) -> None:  # a process that exits at once, not a worker
@@ -71,8 +71,8 @@ def test_a_worker_that_keeps_dying_young_is_restarted_ever_more_slowly():
 def test_a_result_that_comes_after_its_frame_was_given_up_is_dropped():
     """A slow worker's late result, for a frame already counted lost, is not held for ever;
     one that comes in time is taken."""
-    from cdistream.service.pva_pool import WorkerPool
-    from cdistream.service.pva_worker import RESULT_TYPE, _pv_type, result_fields
+    from cdistream.service.pva.pool import WorkerPool
+    from cdistream.service.pva.worker import RESULT_TYPE, _pv_type, result_fields
 
     pva = pytest.importorskip("pvaccess")
 

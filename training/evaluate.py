@@ -243,6 +243,8 @@ def evaluate_and_card(
     if scan.is_dir():
         metrics["real"] = realdata.evaluate_scan(model_path, scan, REFINE_ITERATIONS,
                                                  out / "real.png")
+        if cohere_available():
+            metrics["real"]["volume"] = realdata.evaluate_volume(model_path, scan)
     else:
         log.warning("no real scan at %s: the card's real-data section stays empty", scan)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))

@@ -25,6 +25,7 @@ from cdistream.inference.result import finish
 from cdistream.offline import reconstruct_files
 from cdistream.physics import compare, fit_ramp, phase_retrieval
 from cdistream.roi import RoiConfig
+from cdistream.volume_file import volume_path
 
 __all__ = [
     "RealScan",
@@ -67,14 +68,38 @@ class RealScan:
     objects: np.ndarray  # (k, N, N) complex, as published
     chi2: np.ndarray  # (k,) as archived
     seconds_per_frame: float  # the product's wall time over all frames of the scan
+    slices: np.ndarray | None = None  # (k, N, N): the 2D objects the 3D reconstruction implies
 
 
-def run_product(spec: str | Path, rec: Reconstructor, refine: int, select: np.ndarray) -> RealScan:
-    """``cdistream reconstruct`` over the whole scan; the ``select`` frames read back."""
+def _slices(path: Path, select: np.ndarray) -> np.ndarray:
+    """The 2D object each ``select`` frame's pattern is the Fourier transform of, as the 3D
+    reconstruction of the whole scan has it (Fourier slice theorem: the cube's slice at that
+    frame's rocking offset is the FT of the 3D object's projection along the rocking axis,
+    each layer weighted by the offset's phase factor)."""
+    from cdistream.volume_file import read_volume
+
+    volume = read_volume(path)
+    obj, depth = volume["object"], volume["object"].shape[0]
+    with h5py.File(path, "r") as f:
+        frames = f["entry/instrument/detector/frames"][()]
+    z = np.arange(depth) - depth // 2
+    out = []
+    for frame in select:
+        where = np.flatnonzero(frames == frame)
+        k = int(where[0]) if len(where) else depth // 2
+        q = (k - depth // 2) / depth
+        out.append((obj * np.exp(-2j * np.pi * q * z)[:, None, None]).sum(axis=0))
+    return np.stack(out)
+
+def run_product(spec: str | Path, rec: Reconstructor, refine: int, select: np.ndarray,
+                volume: bool = False) -> RealScan:
+    """``cdistream reconstruct`` over the whole scan; the ``select`` frames read back; with
+    ``volume`` the scan in 3D too (its slices' 2D objects in ``RealScan.slices``)."""
     with tempfile.TemporaryDirectory(prefix="cdistream-real-") as tmp:
         out = Path(tmp) / "scan.h5"
         summary = reconstruct_files([str(spec)], out, rec, RoiConfig(size=rec.n), refine,
-                                    progress=False)
+                                    progress=False, volume=volume)
+        slices = _slices(volume_path(out), select) if volume else None
         with h5py.File(out, "r") as f:
             frame = f["entry/data/frame"][()]
             rows = np.flatnonzero(np.isin(frame, select))
@@ -88,6 +113,7 @@ def run_product(spec: str | Path, rec: Reconstructor, refine: int, select: np.nd
                 f["entry/image_1/data"][rows],
                 f["entry/reconstruction/chi2"][rows],
                 summary.seconds / max(summary.frames, 1),
+                slices,
             )
 
 
@@ -137,7 +163,7 @@ def evaluate_scan(
     rec = Reconstructor.load(model)
     rec.warm_up()
     select = bragg_frames(spec)
-    nn = run_product(spec, rec, 0, select)
+    nn = run_product(spec, rec, 0, select, volume=True)
     refined = run_product(spec, rec, refine, select)
     er_obj, er_chi2, er_s = iterative_best(nn.counts, nn.valid, "er_hio")
     use_cohere = cohere_available() if cohere is None else cohere
@@ -181,8 +207,17 @@ def evaluate_scan(
                 entry[f"iou_vs_{ref}"] = iou.tolist()
                 entry[f"iou_vs_{ref}_median"] = float(np.median(iou))
         entry["support_pixels_median"] = float(np.median(_half_max_area(obj)))
+        if nn.slices is not None:  # the crystal as the whole scan, in 3D, has it
+            iou = _iou(obj, nn.slices)
+            entry["iou_vs_3d"] = iou.tolist()
+            entry["iou_vs_3d_median"] = float(np.median(iou))
         out["methods"][name] = entry
     out["autocorrelation_area"] = _autocorrelation_area(nn.counts, nn.valid)
+    if nn.slices is not None:
+        out["slices_3d"] = {
+            "support_pixels_median": float(np.median(_half_max_area(nn.slices))),
+            "consecutive_iou_median": float(np.median(_iou(nn.slices[1:], nn.slices[:-1]))),
+        }
     if figure is not None:
         from .figures import plot_real
 

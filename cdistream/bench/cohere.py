@@ -37,19 +37,25 @@ def cohere_available() -> bool:
     return True
 
 
-def cohere_phase_retrieval(magnitudes: np.ndarray, sequence: str = COHERE_SEQUENCE) -> np.ndarray:
-    """Complex objects (k, N, N), in cdistream's convention, from magnitudes (k, N, N) with zero
-    frequency at N//2: one cohere-core reconstruction per pattern from a random start."""
-    import cohere_core.controller.phasing as phasing
-
-    params_base = {
+def _params(sequence: str, dims: int) -> dict:
+    """The reconstruction APS runs: Gaussian shrink-wrap every 20 iterations, sigma 1, threshold
+    0.1, from a support of half the window along each of ``dims`` axes."""
+    return {
         "algorithm_sequence": sequence,
         "shrink_wrap_trigger": [1, 20],
         "shrink_wrap_type": "GAUSS",
         "shrink_wrap_threshold": 0.1,
         "shrink_wrap_gauss_sigma": 1.0,
-        "initial_support_area": (0.5, 0.5),
+        "initial_support_area": (0.5,) * dims,
     }
+
+
+def cohere_phase_retrieval(magnitudes: np.ndarray, sequence: str = COHERE_SEQUENCE) -> np.ndarray:
+    """Complex objects (k, N, N), in cdistream's convention, from magnitudes (k, N, N) with zero
+    frequency at N//2: one cohere-core reconstruction per pattern from a random start."""
+    import cohere_core.controller.phasing as phasing
+
+    params_base = _params(sequence, 2)
     out = []
     with tempfile.TemporaryDirectory(prefix="cdistream-cohere-") as tmp:
         path = os.path.join(tmp, "data.npy")
@@ -71,14 +77,7 @@ def cohere_phase_retrieval_3d(magnitudes: np.ndarray, sequence: str = COHERE_SEQ
 
     if seed is not None:
         np.random.seed(seed)
-    params = {
-        "algorithm_sequence": sequence,
-        "shrink_wrap_trigger": [1, 20],
-        "shrink_wrap_type": "GAUSS",
-        "shrink_wrap_threshold": 0.1,
-        "shrink_wrap_gauss_sigma": 1.0,
-        "initial_support_area": (0.5, 0.5, 0.5),
-    }
+    params = _params(sequence, 3)
     with tempfile.TemporaryDirectory(prefix="cdistream-cohere-") as tmp:
         path = os.path.join(tmp, "data.npy")
         np.save(path, np.asarray(magnitudes, np.float32))

@@ -3,7 +3,7 @@ accounting (gaps, frames missing before the first and after the last), the ROI (
 chosen per series on the first frame, so that the crystal fits the window), and the hand-off
 to the queue. Every series is closed: by the detector's end message, or here when a new series
 starts first or the input stops (then counted as not ended, with the announced frames that
-never came). The transports (:mod:`.receiver` for ZeroMQ, :mod:`.pva_input` for PVAccess) only
+never came). The transports (:mod:`.receiver` for ZeroMQ, :mod:`.pva.receiver` for PVAccess) only
 move messages."""
 
 from __future__ import annotations

@@ -33,13 +33,13 @@ from .accounting import Accounting, CountsDict
 from .feedback import FeedbackPublisher
 from .metrics import ServiceMetrics
 from .options import checked, roi_for_model
-from .pva_input import PvaReceiver
-from .pva_output import PvaOutput
+from .pva.output import PvaOutput
+from .pva.receiver import PvaReceiver
+from .pva.sequencer import Lost, Sequencer
 from .queue import FrameItem, FrameQueue, Rejection, RunEnd, RunStart
 from .receiver import DEFAULT_MAX_FRAME_BYTES, Receiver
 from .runs import RunWriter
 from .security import Curve, is_loopback
-from .sequencer import Lost, Sequencer
 from .volumes import VolumeWorker
 
 __all__ = ["Service", "ServiceConfig", "returned_results"]
@@ -86,7 +86,7 @@ class ServiceConfig:
 
 
 def returned_results(returned: list[dict]) -> tuple[Reconstruction, np.ndarray]:
-    """What workers returned (:func:`~.pva_worker.result_fields`), as one Reconstruction and
+    """What workers returned (:func:`~.pva.worker.result_fields`), as one Reconstruction and
     the per-frame refined flags."""
     amplitude = np.stack([r["amplitude"] for r in returned])
     result = Reconstruction(
@@ -141,7 +141,7 @@ class Service:
         self.gate = TrustGate(threshold, config.refine_iterations)
         self._full_batch_s = 0.0  # measured at start when the gate refines here
         self.registration = SeriesRegistration()
-        self.pool = None  # a pva_pool.WorkerPool with --workers, made at start
+        self.pool = None  # a pva.pool.WorkerPool with --workers, made at start
         self.sequencer = Sequencer(self.config.worker_timeout)
         self._next_uid = 0
         self.metrics = ServiceMetrics(self.accounting, self._gauges)
@@ -186,7 +186,7 @@ class Service:
 
     def _workers(self):
         """Start (or await) the workers and wait until each has its model loaded."""
-        from .pva_pool import WorkerPool, consumer_command  # pvapy: only with --workers
+        from .pva.pool import WorkerPool, consumer_command  # pvapy: only with --workers
 
         prefix = self.config.worker_prefix or f"cdistream:{os.getpid()}"
         args = {

@@ -1,7 +1,7 @@
 """EPICS NTNDArray (``epics:nt/NTNDArray:1.0``), as areaDetector's NDPluginPva publishes frames
 over PVAccess. The decoder reads the structure as pvapy hands it over (``pv["field"]`` gives
 plain Python values and numpy arrays), so this module needs no EPICS library: the PVA channel
-itself lives in :mod:`cdistream.service.pva_input`.
+itself lives in :mod:`cdistream.service.pva.receiver`.
 
 - frame number: ``uniqueId``; timestamp: ``dataTimeStamp`` (POSIX epoch, as PVAccess counts),
   else ``timeStamp``, else the time of receipt;

@@ -13,7 +13,7 @@ from collections import deque
 
 import numpy as np
 
-from .pva import ntndarray, pvaccess
+from .common import ntndarray, pvaccess
 
 __all__ = ["PvaOutput"]
 

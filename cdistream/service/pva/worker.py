@@ -2,7 +2,7 @@
 its distributor) runs N of them on one host or many:
 
     pvapy-hpc-consumer --input-channel PREFIX:frames --output-channel 'PREFIX:worker:*:output' \\
-        --processor-class cdistream.service.pva_worker.ReconstructionProcessor \\
+        --processor-class cdistream.service.pva.worker.ReconstructionProcessor \\
         --processor-args '{"max_batch": 64}' --consumer-id K --distributor-trigger uniqueId \\
         --distributor-updates 1 --skip-initial-updates 0 --disable-curses
 

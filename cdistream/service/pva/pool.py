@@ -1,6 +1,6 @@
 """N reconstruction workers behind PVAccess, seen from the ingest process: it hosts the channel
 ``PREFIX:frames`` on which it publishes cropped patterns, starts (or, across hosts, expects)
-``pvapy-hpc-consumer`` processes running :class:`~.pva_worker.ReconstructionProcessor` whose
+``pvapy-hpc-consumer`` processes running :class:`~.worker.ReconstructionProcessor` whose
 distributor hands each pattern to one worker in turn, and collects the results from every
 worker's ``PREFIX:worker:K:output``. Ordering and lost frames are the
 :class:`~.sequencer.Sequencer`'s job; this class only moves patterns and results."""
@@ -22,8 +22,8 @@ import numpy as np
 
 from cdistream.errors import ConfigError
 
-from .pva import pvaccess
-from .pva_worker import frame_pv, result_fields
+from .common import pvaccess
+from .worker import frame_pv, result_fields
 
 __all__ = ["SERVER_QUEUE", "WorkerPool", "consumer_command"]
 
@@ -45,7 +45,7 @@ def consumer_command(prefix: str, worker: int, processor_args: dict[str, Any]) -
         exe,
         "--input-channel", f"{prefix}:frames",
         "--output-channel", f"{prefix}:worker:*:output",
-        "--processor-class", "cdistream.service.pva_worker.ReconstructionProcessor",
+        "--processor-class", "cdistream.service.pva.worker.ReconstructionProcessor",
         "--processor-args", json.dumps(processor_args),
         "--consumer-id", str(worker),
         "--distributor-trigger", "uniqueId",

@@ -19,10 +19,10 @@ from cdistream.roi import RoiConfig
 from cdistream.wire import DecodeError
 from cdistream.wire.ntndarray import Decoder
 
-from .accounting import Accounting
-from .ingest import DEFAULT_MAX_FRAME_BYTES, Ingest
-from .pva import pvaccess
-from .queue import FrameQueue
+from ..accounting import Accounting
+from ..ingest import DEFAULT_MAX_FRAME_BYTES, Ingest
+from ..queue import FrameQueue
+from .common import pvaccess
 
 __all__ = ["FIRST_UNIQUE_ID", "PvaReceiver"]
 

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from .queue import Control, FrameItem
+from ..queue import Control, FrameItem
 
 __all__ = ["Lost", "Sequencer"]
 
