@@ -12,6 +12,7 @@ import threading
 from pathlib import Path
 
 from cdistream._version import __version__
+from cdistream.files import add_calibration_args
 from cdistream.inference.gate import REFINE_ABOVE, REFINE_ITERATIONS
 from cdistream.wire.formats import FORMATS
 
@@ -261,24 +262,6 @@ def bench(args: argparse.Namespace) -> None:
         write_json(results, args.json)
     if args.plot:
         plot_latency(results, args.plot)
-
-
-def origin(text: str) -> tuple[int, int]:
-    """ROW,COL -> (row, col)."""
-    try:
-        row, col = (int(v) for v in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected ROW,COL") from None
-    return row, col
-
-
-def add_calibration_args(p: argparse.ArgumentParser) -> None:
-    """--dark, --flat, --calibration-origin: shared by `reconstruct` and the simulator's replay."""
-    p.add_argument("--dark", default=None, help="dark image subtracted from every raw frame")
-    p.add_argument("--flat", default=None, help="flat-field image every raw frame is divided by")
-    p.add_argument("--calibration-origin", type=origin, default=None, metavar="ROW,COL",
-                   help="the frames' first pixel on the detector, when the dark and flat"
-                   " images cover the whole detector and the frames a region of it")
 
 
 def reconstruct(args: argparse.Namespace) -> None:

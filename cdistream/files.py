@@ -7,6 +7,7 @@ way (:mod:`cdistream.calibration`)."""
 
 from __future__ import annotations
 
+import argparse
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -21,7 +22,13 @@ from cdistream.errors import CdistreamError
 from cdistream.tiff import TiffSeries, is_tiff_spec, read_image, tiff_series
 from cdistream.wire.eiger_v1 import DETECTOR_CONFIG_NAMES
 
-__all__ = ["CalibrationFiles", "FrameSource", "SavedFramesError", "open_source"]
+__all__ = [
+    "CalibrationFiles",
+    "FrameSource",
+    "SavedFramesError",
+    "add_calibration_args",
+    "open_source",
+]
 
 
 class SavedFramesError(CdistreamError):
@@ -218,3 +225,21 @@ def _open(text: str) -> FrameSource:
     raise SavedFramesError(
         f"{path}: no frames found; name the dataset as {path}::/entry/data/data"
     )
+
+
+def _origin(text: str) -> tuple[int, int]:
+    """ROW,COL -> (row, col)."""
+    try:
+        row, col = (int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected ROW,COL") from None
+    return row, col
+
+
+def add_calibration_args(p: argparse.ArgumentParser) -> None:
+    """--dark, --flat, --calibration-origin: shared by `reconstruct` and the simulator's replay."""
+    p.add_argument("--dark", default=None, help="dark image subtracted from every raw frame")
+    p.add_argument("--flat", default=None, help="flat-field image every raw frame is divided by")
+    p.add_argument("--calibration-origin", type=_origin, default=None, metavar="ROW,COL",
+                   help="the frames' first pixel on the detector, when the dark and flat"
+                   " images cover the whole detector and the frames a region of it")

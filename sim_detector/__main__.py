@@ -9,8 +9,7 @@ import logging
 
 import zmq
 
-from cdistream.cli import add_calibration_args
-from cdistream.files import CalibrationFiles
+from cdistream.files import CalibrationFiles, add_calibration_args
 
 from .frames import DetectorModel
 from .publisher import DetectorPublisher, scenario_frames
