@@ -376,7 +376,9 @@ def main(argv: list[str] | None = None) -> None:
     r.add_argument("--spec", default=None, metavar="FILE:SCAN[:COLUMN]",
                    help="the rocking motor's positions from a SPEC file (default column: the"
                    " motor the scan moved), for the 3D file's rocking axis")
-    r.add_argument("--refine", type=int, default=0, help="refinement iterations per frame")
+    r.add_argument("--refine", type=int, default=REFINE_ITERATIONS,
+                   help="refinement iterations per frame, 0 for the networks alone (default:"
+                   " %(default)s: on real data the networks alone misfit, MODEL_CARD.md)")
     r.add_argument("--models", type=Path, default=None)
     r.add_argument("--roi-size", type=int, default=32)
     r.add_argument("--binning", type=int, default=1)
