@@ -126,5 +126,6 @@ def tiled(tmp_path):
 
     archive = tmp_path / "archive"
     archive.mkdir()
-    server = SimpleTiledServer(directory=tmp_path / "tiled", readable_storage=[archive])
-    return from_uri(server.uri), archive
+    # The server lives as long as the test: it stops when the object is collected.
+    with SimpleTiledServer(directory=tmp_path / "tiled", readable_storage=[archive]) as server:
+        yield from_uri(server.uri), archive

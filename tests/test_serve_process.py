@@ -19,6 +19,7 @@ import pytest
 
 from cdistream.wire import Frame, SeriesEnd, SeriesStart
 from sim_detector import DetectorModel, DetectorPublisher, Scenario, scenario_frames
+from sim_detector.crystals import CrystalRecipe
 
 from .conftest import LOOPBACK, DocumentSink, free_port
 from .test_faults import archive_columns
@@ -42,10 +43,12 @@ def serve(*args: str, limit_bytes: int | None = None) -> subprocess.Popen:
     )
 
 
-def send_series(pub, number: int, count: int, start_at: int = 0, start=True, end=True):
+def send_series(pub, number: int, count: int, start_at: int = 0, start=True, end=True,
+                recipe: CrystalRecipe | None = None):
     if start:
         pub.send(SeriesStart(number, DET.shape, DET.dtype, DET.mask(), DET.metadata()))
-    sim = Scenario("operando", number, start_at + count, DET.shape, drift=0.2)
+    shape = {"recipe": recipe} if recipe else {}
+    sim = Scenario("operando", number, start_at + count, DET.shape, drift=0.2, **shape)
     frames = list(scenario_frames(sim, DET, start_at + count, number))
     for i in range(start_at, start_at + count):
         pub.send(Frame(number, i, time.time(), frames[i]))
@@ -152,18 +155,27 @@ def test_a_corrupt_model_and_a_busy_feedback_port_are_refused(tmp_path, context)
     assert proc.returncode == 2 and "cannot bind" in err
 
 
-def test_a_larger_roi_is_binned_to_the_model(context):
+def test_a_larger_roi_is_binned_only_where_the_crystal_stays_inside(context):
+    """--roi-size 64 asks for binning 2: a small crystal (4-6 px, oversampled about 6x in a
+    crop of 32) is binned; the usual one (8-14 px, about 3.4x) would be squeezed under 2, so
+    its series is cropped instead, and its start document says so."""
     feedback = f"tcp://127.0.0.1:{free_port()}"
     with DetectorPublisher(LOOPBACK, context=context) as pub:
         proc = serve("--input", pub.address, "--feedback", feedback, "--roi-size", "64")
         try:
             sink = connect(context, pub, feedback, proc)
-            send_series(pub, 1, 12)
-            sink.collect(stops=1, timeout=60)
+            send_series(pub, 1, 12, recipe=CrystalRecipe(min_extent=4, max_extent=6))
+            send_series(pub, 2, 12)
+            sink.collect(stops=2, timeout=60)
         finally:
             counts = stop(proc)
-    assert counts["reconstructed"] == 12
-    assert sink.of("start")[0]["roi"]["binning"] == 2 and sink.of("start")[0]["roi"]["size"] == 32
+    assert counts["reconstructed"] == 24
+    small, usual = sink.of("start")
+    assert small["roi"]["size"] == usual["roi"]["size"] == 32
+    assert small["roi"]["binning"] == 2 and small["sampling"]["oversampling"] > 2
+    assert not small["sampling"]["binning_reduced"]
+    assert usual["roi"]["binning"] == 1 and usual["sampling"]["binning_reduced"]
+    assert usual["sampling"]["asked_binning"] == 2 and usual["sampling"]["fits"]
 
 
 def test_metrics_equal_the_stop_document(context):
