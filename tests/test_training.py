@@ -10,7 +10,7 @@ from keras import ops
 from cdistream import Reconstructor
 from cdistream.physics import centre_of_mass, diffraction_magnitudes, twin
 from training.dataset import Batches, generate, load
-from training.losses import cdi_loss, reciprocal_misfit, twin_targets
+from training.losses import cdi_loss, outside_support, reciprocal_misfit, twin_targets
 from training.train import TrainConfig, train
 
 N = 32
@@ -82,6 +82,26 @@ def test_reciprocal_misfit_is_zero_for_any_twin_or_shift_of_the_truth(tiny):
         assert float(ops.max(reciprocal_misfit(amp, phase, mm, vv))) < 1e-4
     amp, phase, mm, vv = _as_tensors(np.abs(data.objects), np.zeros((8, N, N)), m, valid)
     assert float(ops.mean(reciprocal_misfit(amp, phase, mm, vv))) > 1e-3
+
+
+def test_outside_support_penalises_only_amplitude_the_crystal_cannot_have(tiny):
+    data = load(tiny, limit=8)
+    amp, phase = _as_tensors(data.amplitude, data.phase)
+    own = ops.convert_to_numpy(outside_support(amp, amp))  # the targets' faint floor only
+    assert own.max() < 0.005
+    twin_amp, _ = twin_targets(amp, phase)
+    nudged = ops.roll(amp, (1, -1), axis=(1, 2))  # within the support grown by 2 px
+    for pred in (twin_amp, nudged):
+        np.testing.assert_allclose(ops.convert_to_numpy(outside_support(amp, pred)), own,
+                                   atol=5e-4)
+    blob = np.zeros((8, N, N), np.float32)
+    blob[:, -3:, :3] = 0.3  # the corner the networks used to draw in, far from any crystal
+    assert np.asarray(data.amplitude)[:, -5:, :5].max() < 0.05
+    penalty = ops.convert_to_numpy(outside_support(amp, amp + blob))
+    np.testing.assert_allclose(penalty - own, 9 * 0.3 / N**2, rtol=1e-3)
+    with_it = float(cdi_loss(amp, phase, amp + blob, phase, support_weight=10.0)[0])
+    without = float(cdi_loss(amp, phase, amp + blob, phase)[0])
+    assert with_it == pytest.approx(without + 10.0 * float(penalty.mean()), rel=1e-4)
 
 
 @pytest.mark.slow

@@ -42,6 +42,7 @@ class TrainConfig:
     widths: tuple[int, ...] = (16, 32, 64)
     phase_weight: float = 1.0
     reciprocal_weight: float = 1.0
+    support_weight: float = 0.0  # amplitude outside the target's support (losses.outside_support)
     precision: str = "mixed_bfloat16"  # "float32" where the CPU has no bfloat16 arithmetic
     validation: int = 5000
     seed: int = 0
@@ -71,6 +72,7 @@ class _Trainer(keras.Model):
             y[..., 3],
             self.config.phase_weight,
             self.config.reciprocal_weight,
+            self.config.support_weight,
         )
         return total
 
