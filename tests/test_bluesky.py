@@ -181,8 +181,8 @@ def test_track_peak_holds_a_drifting_peak(tiny_reconstructor, loop_factory):
 @pytest.mark.slow
 def test_strain_watch_stops_where_the_strain_crosses(shipped, loop_factory):
     """Every frame refined (``--refine-above 0``): the networks alone underestimate a large
-    strain's spread (0.47 rad published for 0.76 true on this crystal), refinement recovers it
-    (docs/bluesky.md)."""
+    strain's spread (0.32 rad published for 0.61 true on this crystal), refinement recovers most
+    of it (docs/bluesky.md)."""
     temperature = SynAxis(name="temperature")
     scenario = Scenario("strain", 3, 1, SMALL.shape)
     lp = loop_factory(shipped, scenario, temperature=temperature, temperature_range=(300, 400),
@@ -190,10 +190,12 @@ def test_strain_watch_stops_where_the_strain_crosses(shipped, loop_factory):
     threshold = 0.5
     steps = np.arange(300, 401, 5.0)
 
-    def true_spread(t):  # as published: the strain, without the linear ramp
+    def true_spread(t):  # as published: the strain without the linear ramp, amplitude-weighted
         obj = scenario.truth_at(np.clip((t - 300) / 100, 0, 1))
         weight = np.abs(obj) * (np.abs(obj) > 0.1)
-        return remove_ramp(np.angle(obj), weight)[weight > 0].std()
+        phase = remove_ramp(np.angle(obj), weight)
+        mean = np.average(phase, weights=weight)
+        return np.sqrt(np.average((phase - mean) ** 2, weights=weight))
 
     expected = next(i for i, t in enumerate(steps) if true_spread(t) > threshold)
     crossed = lp.RE(strain_watch([lp.det], lp.recon, temperature, 300, 5, len(steps), threshold))

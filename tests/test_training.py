@@ -3,14 +3,28 @@ run, and the model card's evaluation on a tiny independent test set."""
 
 import json
 
+import keras
 import numpy as np
 import pytest
 from keras import ops
 
 from cdistream import Reconstructor
-from cdistream.physics import centre_of_mass, diffraction_magnitudes, twin
+from cdistream.physics import (
+    Crystal3DRecipe,
+    centre_of_mass,
+    chi2,
+    diffraction_magnitudes,
+    random_crystal_slices,
+    twin,
+)
 from training.dataset import Batches, generate, load
-from training.losses import cdi_loss, outside_support, reciprocal_misfit, twin_targets
+from training.losses import (
+    cdi_loss,
+    intensity_misfit,
+    outside_support,
+    reciprocal_misfit,
+    twin_targets,
+)
 from training.train import TrainConfig, train
 
 N = 32
@@ -102,6 +116,59 @@ def test_outside_support_penalises_only_amplitude_the_crystal_cannot_have(tiny):
     with_it = float(cdi_loss(amp, phase, amp + blob, phase, support_weight=10.0)[0])
     without = float(cdi_loss(amp, phase, amp + blob, phase)[0])
     assert with_it == pytest.approx(without + 10.0 * float(penalty.mean()), rel=1e-4)
+
+
+def test_intensity_misfit_is_the_products_chi2(tiny):
+    data = load(tiny, limit=8)
+    other = load(tiny).objects[8:16]
+    magnitudes = 300 * diffraction_magnitudes(data.objects).astype(np.float32)  # any scale
+    valid = np.ones_like(magnitudes)
+    valid[:, 5, :] = 0  # a gap
+    amp, phase = np.abs(other).astype(np.float32), np.angle(other).astype(np.float32)
+    ours = ops.convert_to_numpy(intensity_misfit(amp, phase, magnitudes, valid))
+    np.testing.assert_allclose(ours, chi2(magnitudes, amp, phase, valid), rtol=1e-3, atol=1e-6)
+    own = ops.convert_to_numpy(intensity_misfit(np.abs(data.objects).astype(np.float32),
+                                                np.angle(data.objects).astype(np.float32),
+                                                magnitudes, valid))
+    assert own.max() < 1e-5 < ours.min()
+    a, p = _as_tensors(data.amplitude, data.phase)
+    with_it = float(cdi_loss(a, p, amp, phase, magnitudes, valid, intensity_weight=3.0)[0])
+    without = float(cdi_loss(a, p, amp, phase, magnitudes, valid)[0])
+    assert with_it == pytest.approx(without + 3.0 * float(ours.mean()), rel=1e-4)
+
+
+def test_the_3d_recipe_draws_bright_cores_and_relaxed_rims_only_when_asked():
+    plain = Crystal3DRecipe(min_extent=10, max_extent=14)
+    wide = Crystal3DRecipe(min_extent=10, max_extent=14, graded_share=1.0, max_grade_power=3.0,
+                           shell_share=1.0)
+    same = random_crystal_slices(6, 4, plain)
+    np.testing.assert_array_equal(same, random_crystal_slices(6, 4, Crystal3DRecipe(
+        min_extent=10, max_extent=14, graded_share=0.0, shell_share=0.0)))
+
+    def core_share(objects):  # half-maximum area over the 10% support: lower is more peaked
+        a = np.abs(objects) / np.abs(objects).max(axis=(1, 2), keepdims=True)
+        return np.median((a > 0.5).sum((1, 2)) / (a > 0.1).sum((1, 2)))
+
+    assert core_share(random_crystal_slices(40, 5, wide)) < core_share(
+        random_crystal_slices(40, 5, plain)) - 0.05
+
+
+@pytest.mark.slow
+def test_a_second_stage_starts_from_the_first(tiny, tmp_path):
+    first = tmp_path / "stage1.keras"
+    train(load(tiny), first, TrainConfig(epochs=1, batch_size=16, widths=(4, 8, 8), validation=16))
+    second = tmp_path / "stage2.keras"
+    config = TrainConfig(epochs=1, batch_size=16, widths=(4, 8, 8), validation=16,
+                         learning_rate=0.0, warmup_epochs=0.0, initial=str(first),
+                         support_weight=10.0, intensity_weight=3.0)
+    train(load(tiny), second, config)
+    summary = json.loads(second.with_suffix(".json").read_text())
+    assert summary["initial_summary"]["epochs"] == 1 and summary["initial"] == str(first)
+    from cdistream.inference import model as _registers_layers  # noqa: F401
+
+    a = keras.saving.load_model(first, compile=False, safe_mode=True).get_weights()
+    b = keras.saving.load_model(second, compile=False, safe_mode=True).get_weights()
+    assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True)), "lr 0: unchanged"
 
 
 @pytest.mark.slow

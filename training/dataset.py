@@ -12,7 +12,7 @@ import json
 import logging
 import os
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import h5py
@@ -40,24 +40,29 @@ SHARE_2D = 0.2  # flat 2D crystals (the paper's recipe) beside slices of 3D crys
 
 
 def mixed_objects(
-    count: int, seed: np.random.SeedSequence, recipe: ObjectRecipe, share_2d: float
+    count: int,
+    seed: np.random.SeedSequence,
+    recipe: ObjectRecipe,
+    share_2d: float,
+    recipe_3d: Crystal3DRecipe = Crystal3DRecipe(),
 ) -> np.ndarray:
-    """``count`` training objects: slices of 3D crystals, a ``share_2d`` of flat ones."""
+    """``count`` training objects: slices of 3D crystals (``recipe_3d``, at ``recipe``'s size
+    and extents), a ``share_2d`` of flat ones."""
     flat, deep, pick = seed.spawn(3)
     is_flat = np.random.default_rng(pick).random(count) < share_2d
     objects = np.empty((count, recipe.n, recipe.n), np.complex64)
     if is_flat.any():
         objects[is_flat] = random_objects(int(is_flat.sum()), flat, recipe)
     if (~is_flat).any():
-        slices = Crystal3DRecipe(n=recipe.n, min_extent=recipe.min_extent,
-                                 max_extent=recipe.max_extent, max_shift=recipe.max_shift)
+        slices = replace(recipe_3d, n=recipe.n, min_extent=recipe.min_extent,
+                         max_extent=recipe.max_extent, max_shift=recipe.max_shift)
         objects[~is_flat] = random_crystal_slices(int((~is_flat).sum()), deep, slices)
     return objects
 
 
-def _chunk(args: tuple[int, np.random.SeedSequence, ObjectRecipe, float]):
-    count, seed, recipe, share_2d = args
-    objects = mixed_objects(count, seed, recipe, share_2d)
+def _chunk(args: tuple[int, np.random.SeedSequence, ObjectRecipe, float, Crystal3DRecipe]):
+    count, seed, recipe, share_2d, recipe_3d = args
+    objects = mixed_objects(count, seed, recipe, share_2d, recipe_3d)
     centred = centre(objects)
     # the sub-pixel shift rings faintly outside the object; the loss weighs phase only on
     # the support, so the targets stay exactly consistent with the magnitudes
@@ -71,6 +76,7 @@ def generate(
     recipe: ObjectRecipe = ObjectRecipe(),
     workers: int | None = None,
     share_2d: float = SHARE_2D,
+    recipe_3d: Crystal3DRecipe = Crystal3DRecipe(),
 ) -> Path:
     """Write ``count`` crystals to ``path``: ``objects`` (complex64, as simulated: slices of 3D
     crystals, and a ``share_2d`` of flat 2D ones) and the targets ``amplitude`` and ``phase``
@@ -91,11 +97,14 @@ def generate(
         }
         f.attrs["seed"] = seed
         f.attrs["recipe"] = json.dumps(asdict(recipe))
-        f.attrs["recipe_3d"] = json.dumps(asdict(Crystal3DRecipe()))
+        shapes = replace(recipe_3d, n=n, min_extent=recipe.min_extent,
+                         max_extent=recipe.max_extent, max_shift=recipe.max_shift)
+        f.attrs["recipe_3d"] = json.dumps(asdict(shapes))
         f.attrs["share_2d"] = share_2d
         start = 0
         with ProcessPoolExecutor(workers) as pool, tqdm(total=count, unit="crystal") as bar:
-            jobs = zip(sizes, seeds, [recipe] * len(sizes), [share_2d] * len(sizes), strict=True)
+            jobs = [(size, sd, recipe, share_2d, recipe_3d)
+                    for size, sd in zip(sizes, seeds, strict=True)]
             for objects, amp, phase in pool.map(_chunk, jobs):
                 stop = start + len(objects)
                 dsets["objects"][start:stop] = objects

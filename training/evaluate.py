@@ -52,12 +52,21 @@ def _medians(c, chi2: np.ndarray, sel: np.ndarray) -> dict[str, float]:
     }
 
 
+def corner_amplitude(amplitude: np.ndarray) -> np.ndarray:
+    """Per image, the largest amplitude (of the maximum) in the window's bottom-left 4 x 4
+    corner, far from any centred crystal: where networks trained without the out-of-support
+    term drew a spurious blob."""
+    peak = np.maximum(amplitude.max(axis=(1, 2)), 1e-12)
+    return amplitude[:, -4:, :4].max(axis=(1, 2)) / peak
+
+
 def _score(result: Reconstruction, test: holdout.HoldoutSet, seconds: float) -> dict:
     c = compare(result.complex_object(), test.objects)
     every = np.ones(len(test), bool)
     bins = test.bins()
     out = _medians(c, result.chi2, every)
     out["twin_share"] = float(np.mean(c.twinned))
+    out["corner_share"] = float(np.mean(corner_amplitude(result.amplitude) > 0.1))
     out["ms_per_pattern"] = 1e3 * seconds / len(test)
     out["bins"] = {label: _medians(c, result.chi2, bins == label) for label in holdout.BIN_LABELS}
     ptp = np.digitize(test.phase_ptp, PTP_BINS[1:-1])

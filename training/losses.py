@@ -68,6 +68,21 @@ def reciprocal_misfit(amp_pred, phase_pred, magnitudes, valid):
     return ops.sum(residual * residual, axis=(1, 2)) / (ops.sum(m * m, axis=(1, 2)) + EPS)
 
 
+def intensity_misfit(amp_pred, phase_pred, magnitudes, valid):
+    """Per pattern: the product's chi2 (:func:`cdistream.physics.chi2`), sum((I - s I')^2) /
+    sum(I^2) over the valid pixels with the least-squares scale s: it weighs the bright centre
+    of the pattern, where the crystal's size and envelope are decided, far above the fringes."""
+    n = amp_pred.shape[1]
+    real, imag = ops.fft2((amp_pred * ops.cos(phase_pred), amp_pred * ops.sin(phase_pred)))
+    model = ops.roll(real * real + imag * imag, (n // 2, n // 2), axis=(1, 2)) * valid
+    model = model / (ops.max(model, axis=(1, 2), keepdims=True) + EPS)  # maximum 1 each, as
+    measured = magnitudes * magnitudes * valid  # the product scales them, so float32 is exact
+    measured = measured / (ops.max(measured, axis=(1, 2), keepdims=True) + EPS)
+    scale = ops.sum(measured * model, axis=(1, 2)) / (ops.sum(model * model, axis=(1, 2)) + EPS)
+    residual = measured - scale[:, None, None] * model
+    return ops.sum(residual * residual, axis=(1, 2)) / (ops.sum(measured**2, axis=(1, 2)) + EPS)
+
+
 def outside_support(amp_true, amp_pred, grow: int = 2):
     """Per pattern: the mean predicted amplitude outside the target's support and its twin's,
     both grown by ``grow`` pixels: amplitude the crystal cannot have. The reciprocal term alone
@@ -91,9 +106,10 @@ def cdi_loss(
     phase_weight: float = 1.0,
     reciprocal_weight: float = 0.0,
     support_weight: float = 0.0,
+    intensity_weight: float = 0.0,
 ):
-    """Per-batch mean of min(loss vs target, loss vs twin) plus the reciprocal-space misfit
-    and the amplitude outside the support, each weighted.
+    """Per-batch mean of min(loss vs target, loss vs twin) plus the reciprocal-space misfits
+    (of magnitudes and of intensities) and the amplitude outside the support, each weighted.
     Returns (total, amplitude BCE, phase MSE, reciprocal misfit), each a scalar."""
     direct = _branch(amp_true, phase_true, amp_pred, phase_pred, phase_weight)
     amp_twin, phase_twin = twin_targets(amp_true, phase_true)
@@ -107,4 +123,6 @@ def cdi_loss(
         recip = ops.zeros_like(total)
     if support_weight:
         total = total + support_weight * outside_support(amp_true, amp_pred)
+    if intensity_weight and magnitudes is not None:
+        total = total + intensity_weight * intensity_misfit(amp_pred, phase_pred, magnitudes, valid)
     return ops.mean(total), ops.mean(bce), ops.mean(phase), ops.mean(recip)

@@ -43,11 +43,13 @@ class TrainConfig:
     phase_weight: float = 1.0
     reciprocal_weight: float = 1.0
     support_weight: float = 0.0  # amplitude outside the target's support (losses.outside_support)
+    intensity_weight: float = 0.0  # the product's chi2 of the prediction (losses.intensity_misfit)
     precision: str = "mixed_bfloat16"  # "float32" where the CPU has no bfloat16 arithmetic
     validation: int = 5000
     seed: int = 0
     workers: int = 1
     resume_dir: str | None = None  # per-epoch state: a run killed part way resumes from it
+    initial: str | None = None  # a .keras file to start from (a second stage); None: random
     measurement: MeasurementRecipe = field(default_factory=MeasurementRecipe)
     history: list[dict] = field(default_factory=list)
 
@@ -73,6 +75,7 @@ class _Trainer(keras.Model):
             self.config.phase_weight,
             self.config.reciprocal_weight,
             self.config.support_weight,
+            self.config.intensity_weight,
         )
         return total
 
@@ -127,6 +130,9 @@ def train(data: CrystalSet, out: Path, config: TrainConfig) -> keras.Model:
         net = build_cdi_nn(n, tuple(config.widths))
     finally:
         keras.mixed_precision.set_global_policy("float32")
+    if config.initial is not None:
+        net.set_weights(keras.models.load_model(config.initial, safe_mode=True).get_weights())
+        log.info("starting from %s", config.initial)
     loader = {"workers": config.workers, "use_multiprocessing": False}
     batches = Batches(train_set, config.batch_size, config.measurement, config.seed, **loader)
     validation = Batches(val_set, 500, config.measurement, config.seed + 1, fixed=True)
@@ -168,6 +174,9 @@ def train(data: CrystalSet, out: Path, config: TrainConfig) -> keras.Model:
         "train_seconds": config.history[-1]["elapsed_s"] if config.history else 0.0,
         "backend": keras.backend.backend(),
     }
+    first = Path(config.initial).with_suffix(".json") if config.initial else None
+    if first is not None and first.exists():  # the stage this one started from, for the card
+        summary["initial_summary"] = json.loads(first.read_text())
     out.with_suffix(".json").write_text(json.dumps(summary, indent=2))
     if state is not None:  # done: a later run starts afresh
         for name in ("best.json", "best.weights.h5"):

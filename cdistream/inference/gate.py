@@ -28,7 +28,7 @@ __all__ = [
     "threshold_catching",
 ]
 
-REFINE_ABOVE = 0.0097  # chi2: the largest threshold that flags 90% of IoU < 0.7 (MODEL_CARD.md)
+REFINE_ABOVE = 0.0092  # chi2: the largest threshold that flags 90% of IoU < 0.7 (MODEL_CARD.md)
 REFINE_ITERATIONS = 50
 
 

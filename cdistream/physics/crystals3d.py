@@ -50,6 +50,13 @@ class Crystal3DRecipe:
     - ``dislocation_share``: crystals holding a dislocation line;
     - ``rocking_centre_share``: frames drawn within half the rocking curve's width of the
       Bragg condition (the rest out to ``max_rocking`` widths, where counts fall to ~15%);
+    - ``graded_share``: crystals whose density falls towards the surface (real reconstructions
+      show a bright core: strain and the beam's partial coherence weaken the outer shell), over
+      a depth up to ``max_grade`` of the crystal's size (as a power up to ``max_grade_power``
+      of the depth below the surface), to a surface density from 0 to 0.6;
+    - ``shell_share``: crystals with a relaxed surface layer whose phase stands up to
+      ``max_shell_phase`` rad from the core's (on top of the strain above; in projection the
+      rim, where the crystal is thin, shows it undiluted);
     - ``max_shift``: offset of the crystal's centre from the window's, pixels.
     """
 
@@ -63,6 +70,11 @@ class Crystal3DRecipe:
     rocking_centre_share: float = 0.7
     max_rocking: float = 0.8
     max_shift: float = 3.0
+    graded_share: float = 0.0
+    max_grade: float = 1.0
+    max_grade_power: float = 1.0
+    shell_share: float = 0.0
+    max_shell_phase: float = 3.0
 
 
 @dataclass(frozen=True)
@@ -209,7 +221,12 @@ def random_crystal_slice(
     dist = _distance(shape, crys)  # unit-size distance
     edge = rng.uniform(recipe.min_edge, recipe.max_edge) / size
     rho = np.clip(0.5 - dist / edge, 0.0, 1.0)
-    inside = rho > 0.5
+    if recipe.graded_share and rng.random() < recipe.graded_share:  # a brighter core
+        depth = rng.uniform(0.15, recipe.max_grade)
+        floor = rng.uniform(0.0, 0.6)
+        power = rng.uniform(1.0, recipe.max_grade_power)
+        rho = rho * (floor + (1 - floor) * np.clip(-dist / depth, 0.0, 1.0) ** power)
+    inside = dist < 0
     if inside.sum() < 4:
         return random_crystal_slice(rng, recipe)
     terms = _fields(rng, points, box, inside, dist, shape, rot, max(target, 3.0))
@@ -227,6 +244,9 @@ def random_crystal_slice(
     fixed = strain_jump
     if rng.random() < recipe.dislocation_share:
         fixed = fixed + _dislocation(rng, points, inside)
+    if recipe.shell_share and rng.random() < recipe.shell_share:  # a relaxed surface layer
+        layer = np.exp(np.minimum(dist, 0) / rng.uniform(0.05, 0.25))
+        fixed = fixed + rng.choice([-1, 1]) * rng.uniform(0.5, recipe.max_shell_phase) * layer
     thickness = rho.reshape(box).sum(axis=2)
     mean_thickness = thickness.sum() / max((thickness > 0.5 * thickness.max()).sum(), 1)
     width = 1.0 / max(mean_thickness, 1.0)  # the rocking curve's width, cycles per pixel

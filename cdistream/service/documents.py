@@ -131,11 +131,14 @@ class RunComposer:
         """One event per frame of a batch: (frame number, detector timestamp, crop, positions)
         each, and per frame whether the trust gate refined it and whether it is trusted."""
         events = []
-        # per-frame statistics for the whole batch at once (phase is 0 outside the support)
+        # per-frame statistics for the whole batch at once: the phase's mean and spread on the
+        # support weighted by amplitude, so that the faint edge, whose phase the data hardly
+        # fix, does not outweigh the crystal's body
         area = result.support.sum(axis=(1, 2))
-        inside = np.maximum(area, 1)
-        mean = result.phase.sum(axis=(1, 2), dtype=np.float64) / inside
-        square = np.square(result.phase, dtype=np.float64).sum(axis=(1, 2)) / inside
+        weight = np.where(result.support, result.amplitude, 0.0).astype(np.float64)
+        total = np.maximum(weight.sum(axis=(1, 2)), 1e-12)
+        mean = (weight * result.phase).sum(axis=(1, 2)) / total
+        square = (weight * np.square(result.phase, dtype=np.float64)).sum(axis=(1, 2)) / total
         std = np.sqrt(np.maximum(square - mean**2, 0))
         binning = self._binning
         for k, (frame, stamp, crop, positions) in enumerate(frames):
