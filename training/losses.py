@@ -55,32 +55,37 @@ def _branch(amp_true, phase_true, amp_pred, phase_pred, phase_weight: float):
     return bce + phase_weight * phase, bce, phase
 
 
+def _far_field_power(amp_pred, phase_pred):
+    """|FT(a exp(i phi))|^2 per pattern, zero frequency at N//2."""
+    n = amp_pred.shape[1]
+    real, imag = ops.fft2((amp_pred * ops.cos(phase_pred), amp_pred * ops.sin(phase_pred)))
+    return ops.roll(real * real + imag * imag, (n // 2, n // 2), axis=(1, 2))
+
+
+def _scaled_misfit(measured, model):
+    """||measured - s model||^2 / ||measured||^2 per pattern, s the least-squares scale."""
+    scale = ops.sum(measured * model, axis=(1, 2)) / (ops.sum(model * model, axis=(1, 2)) + EPS)
+    residual = measured - scale[:, None, None] * model
+    return ops.sum(residual * residual, axis=(1, 2)) / (ops.sum(measured**2, axis=(1, 2)) + EPS)
+
+
 def reciprocal_misfit(amp_pred, phase_pred, magnitudes, valid):
     """Per pattern: || m - s |FT(a exp(i phi))| ||^2 / ||m||^2 over the valid pixels, with the
     least-squares scale s (the measured scale is arbitrary); zero frequency at N//2."""
-    n = amp_pred.shape[1]
-    real, imag = ops.fft2((amp_pred * ops.cos(phase_pred), amp_pred * ops.sin(phase_pred)))
-    model = ops.roll(ops.sqrt(real * real + imag * imag + EPS), (n // 2, n // 2), axis=(1, 2))
-    m = magnitudes * valid
-    model = model * valid
-    scale = ops.sum(m * model, axis=(1, 2)) / (ops.sum(model * model, axis=(1, 2)) + EPS)
-    residual = m - scale[:, None, None] * model
-    return ops.sum(residual * residual, axis=(1, 2)) / (ops.sum(m * m, axis=(1, 2)) + EPS)
+    model = ops.sqrt(_far_field_power(amp_pred, phase_pred) + EPS) * valid
+    return _scaled_misfit(magnitudes * valid, model)
 
 
 def intensity_misfit(amp_pred, phase_pred, magnitudes, valid):
     """Per pattern: the product's chi2 (:func:`cdistream.physics.chi2`), sum((I - s I')^2) /
     sum(I^2) over the valid pixels with the least-squares scale s: it weighs the bright centre
     of the pattern, where the crystal's size and envelope are decided, far above the fringes."""
-    n = amp_pred.shape[1]
-    real, imag = ops.fft2((amp_pred * ops.cos(phase_pred), amp_pred * ops.sin(phase_pred)))
-    model = ops.roll(real * real + imag * imag, (n // 2, n // 2), axis=(1, 2)) * valid
-    model = model / (ops.max(model, axis=(1, 2), keepdims=True) + EPS)  # maximum 1 each, as
-    measured = magnitudes * magnitudes * valid  # the product scales them, so float32 is exact
+    model = _far_field_power(amp_pred, phase_pred) * valid
+    measured = magnitudes * magnitudes * valid
+    # each scaled to a maximum of 1, as the product does, so that float32 sums stay exact
+    model = model / (ops.max(model, axis=(1, 2), keepdims=True) + EPS)
     measured = measured / (ops.max(measured, axis=(1, 2), keepdims=True) + EPS)
-    scale = ops.sum(measured * model, axis=(1, 2)) / (ops.sum(model * model, axis=(1, 2)) + EPS)
-    residual = measured - scale[:, None, None] * model
-    return ops.sum(residual * residual, axis=(1, 2)) / (ops.sum(measured**2, axis=(1, 2)) + EPS)
+    return _scaled_misfit(measured, model)
 
 
 def outside_support(amp_true, amp_pred, grow: int = 2):
