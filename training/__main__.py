@@ -125,8 +125,8 @@ def _test_name() -> str:
 def polish_config(initial: str, state: Path):
     """Stage 2: a few epochs from stage 1's networks on crystals of the wider recipe
     (:data:`POLISH_RECIPE`), at a low learning rate, with amplitude outside the crystal's
-    support penalised (without it the networks learn to draw a faint blob in the corner) and
-    the product's chi2 of their image weighted in (it decides the crystal's envelope)."""
+    support penalised (without it the networks learn to draw a faint blob in the corner); the
+    product's chi2 as a loss term stays off (:data:`INTENSITY_WEIGHT`)."""
     from .train import TrainConfig
 
     return TrainConfig(
@@ -154,7 +154,9 @@ def run_all(args: argparse.Namespace) -> None:
     if not train_path.exists():
         generate(train_path, args.train_count, DEFAULTS["train_seed"])
     first = args.workdir / "cdi_nn_stage1.keras"  # kept: `make models` again starts at stage 2
-    if not (kept := first.exists()):
+    if first.exists():
+        log.info("stage 1 kept from an earlier run: %s", first)
+    else:
         config = TrainConfig(
             epochs=args.epochs,
             precision=_precision("auto"),
@@ -168,8 +170,6 @@ def run_all(args: argparse.Namespace) -> None:
     model_path = args.out / "cdi_nn.keras"
     train(load(polish_path), model_path, polish_config(str(first), args.workdir / "polish_state"))
     command = f"python -m training all --epochs {args.epochs} --train-count {args.train_count}"
-    if kept:
-        log.info("stage 1 kept from an earlier run: %s", first)
     evaluate_and_card(
         model_path,
         args.workdir / _test_name(),

@@ -39,6 +39,12 @@ CHUNK = 512
 SHARE_2D = 0.2  # flat 2D crystals (the paper's recipe) beside slices of 3D crystals
 
 
+def _at_size(recipe_3d: Crystal3DRecipe, recipe: ObjectRecipe) -> Crystal3DRecipe:
+    """The 3D recipe with the window, extents and offsets of the 2D one (one size range)."""
+    return replace(recipe_3d, n=recipe.n, min_extent=recipe.min_extent,
+                   max_extent=recipe.max_extent, max_shift=recipe.max_shift)
+
+
 def mixed_objects(
     count: int,
     seed: np.random.SeedSequence,
@@ -54,9 +60,8 @@ def mixed_objects(
     if is_flat.any():
         objects[is_flat] = random_objects(int(is_flat.sum()), flat, recipe)
     if (~is_flat).any():
-        slices = replace(recipe_3d, n=recipe.n, min_extent=recipe.min_extent,
-                         max_extent=recipe.max_extent, max_shift=recipe.max_shift)
-        objects[~is_flat] = random_crystal_slices(int((~is_flat).sum()), deep, slices)
+        objects[~is_flat] = random_crystal_slices(int((~is_flat).sum()), deep,
+                                                  _at_size(recipe_3d, recipe))
     return objects
 
 
@@ -97,9 +102,7 @@ def generate(
         }
         f.attrs["seed"] = seed
         f.attrs["recipe"] = json.dumps(asdict(recipe))
-        shapes = replace(recipe_3d, n=n, min_extent=recipe.min_extent,
-                         max_extent=recipe.max_extent, max_shift=recipe.max_shift)
-        f.attrs["recipe_3d"] = json.dumps(asdict(shapes))
+        f.attrs["recipe_3d"] = json.dumps(asdict(_at_size(recipe_3d, recipe)))
         f.attrs["share_2d"] = share_2d
         start = 0
         with ProcessPoolExecutor(workers) as pool, tqdm(total=count, unit="crystal") as bar:
