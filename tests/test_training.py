@@ -137,13 +137,14 @@ def test_intensity_misfit_is_the_products_chi2(tiny):
     assert with_it == pytest.approx(without + 3.0 * float(ours.mean()), rel=1e-4)
 
 
-def test_the_3d_recipe_draws_bright_cores_and_relaxed_rims_only_when_asked():
+def test_the_3d_recipe_draws_bright_cores_relaxed_rims_and_skirts_only_when_asked():
     plain = Crystal3DRecipe(min_extent=10, max_extent=14)
     wide = Crystal3DRecipe(min_extent=10, max_extent=14, graded_share=1.0, max_grade_power=3.0,
                            shell_share=1.0)
+    skirted = Crystal3DRecipe(min_extent=10, max_extent=14, skirt_share=1.0)
     same = random_crystal_slices(6, 4, plain)
     np.testing.assert_array_equal(same, random_crystal_slices(6, 4, Crystal3DRecipe(
-        min_extent=10, max_extent=14, graded_share=0.0, shell_share=0.0)))
+        min_extent=10, max_extent=14, graded_share=0.0, shell_share=0.0, skirt_share=0.0)))
 
     def core_share(objects):  # half-maximum area over the 10% support: lower is more peaked
         a = np.abs(objects) / np.abs(objects).max(axis=(1, 2), keepdims=True)
@@ -151,6 +152,24 @@ def test_the_3d_recipe_draws_bright_cores_and_relaxed_rims_only_when_asked():
 
     assert core_share(random_crystal_slices(40, 5, wide)) < core_share(
         random_crystal_slices(40, 5, plain)) - 0.05
+
+    def faint_area(objects):  # pixels between 3% and 20% of the maximum: the skirt
+        a = np.abs(objects) / np.abs(objects).max(axis=(1, 2), keepdims=True)
+        return np.median(((a > 0.03) & (a < 0.2)).sum((1, 2)))
+
+    assert faint_area(random_crystal_slices(40, 5, skirted)) > 1.5 * faint_area(
+        random_crystal_slices(40, 5, plain))
+
+
+def test_make_models_draws_a_set_again_when_its_recipe_changed(tiny, tmp_path):
+    from dataclasses import replace
+
+    from training.__main__ import _holds
+
+    default = Crystal3DRecipe()
+    assert _holds(tiny, default)  # written before any skirt: the newer knobs read as off
+    assert not _holds(tiny, replace(default, skirt_share=0.5))
+    assert not _holds(tmp_path / "missing.h5", default)
 
 
 @pytest.mark.slow

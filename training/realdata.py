@@ -16,7 +16,7 @@ from pathlib import Path
 
 import h5py
 import numpy as np
-from scipy.ndimage import gaussian_filter
+from scipy.ndimage import gaussian_filter, label
 
 from cdistream.bench.cohere import cohere_available, cohere_phase_retrieval
 from cdistream.files import open_source
@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 BRAGG_SHARE = 0.2  # frames holding at least this share of the brightest frame's counts
 STARTS = 4
 ITERATIONS = 620
+SKIRT_CUTS = (0.1, 0.3)  # amplitude levels below which a slice's faint skirt is cut away
 
 
 def default_scan() -> Path:
@@ -256,6 +257,16 @@ def evaluate_scan(
             "iou_median": float(np.median(_iou(own.complex_object(), nn.slices))),
             "support_pixels_median": float(np.median(_half_max_area(own.complex_object()))),
         }
+        # and on those of the slices' bright cores alone, their faint skirt cut away
+        out["slices_3d"]["networks_on_their_cores"] = {}
+        for level in SKIRT_CUTS:
+            core = _core(nn.slices, level)
+            own = rec.reconstruct(diffraction_magnitudes(core).astype(np.float32))
+            out["slices_3d"]["networks_on_their_cores"][str(level)] = {
+                "chi2_median": float(np.median(own.chi2)),
+                "support_ratio_median": float(np.median(
+                    _half_max_area(own.complex_object()) / np.maximum(_half_max_area(core), 1))),
+            }
     if figure is not None:
         from .figures import plot_real
 
@@ -300,6 +311,18 @@ def evaluate_volume(model: Path | None = None, spec: str | Path | None = None,
         "seconds": summary.volume["seconds"],
         "cohere_seconds": seconds,
     }
+
+
+def _core(objects: np.ndarray, level: float) -> np.ndarray:
+    """``objects`` without their faint skirt: zero where the amplitude is below ``level`` of
+    its maximum, and outside the largest connected region above it."""
+    amp = np.abs(objects)
+    out = np.zeros_like(objects)
+    for k, (obj, a) in enumerate(zip(objects, amp, strict=True)):
+        regions, count = label(a > level * a.max())
+        if count:
+            out[k] = obj * (regions == 1 + np.bincount(regions.ravel())[1:].argmax())
+    return out
 
 
 def _half_max_area(objects: np.ndarray) -> np.ndarray:

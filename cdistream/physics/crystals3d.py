@@ -57,6 +57,10 @@ class Crystal3DRecipe:
     - ``shell_share``: crystals with a relaxed surface layer whose phase stands up to
       ``max_shell_phase`` rad from the core's (on top of the strain above; in projection the
       rim, where the crystal is thin, shows it undiluted);
+    - ``skirt_share``: crystals wrapped in a faint skirt: a layer up to ``max_skirt_width``
+      pixels outside the facets, at a density up to ``max_skirt_level`` of the crystal's, its
+      phase 0.5 to 2 rad from the crystal's (the real scan's 2D and 3D reconstructions both
+      show a bright core in such a skirt, and its patterns are not fitted without it);
     - ``max_shift``: offset of the crystal's centre from the window's, pixels.
     """
 
@@ -75,6 +79,9 @@ class Crystal3DRecipe:
     max_grade_power: float = 1.0
     shell_share: float = 0.0
     max_shell_phase: float = 3.0
+    skirt_share: float = 0.0
+    max_skirt_width: float = 4.0
+    max_skirt_level: float = 0.4
 
 
 @dataclass(frozen=True)
@@ -181,6 +188,32 @@ def _dislocation(rng, points, inside) -> np.ndarray:
     return rng.choice([-1, 1]) * np.arctan2(rel @ b, rel @ a)
 
 
+def _draw_skirt(rng: np.random.Generator, recipe: Crystal3DRecipe) -> tuple[float, float] | None:
+    """(width in pixels, density) of a faint skirt, or None; draws nothing unless asked, so
+    recipes without one keep their random stream."""
+    if not recipe.skirt_share or rng.random() >= recipe.skirt_share:
+        return None
+    return rng.uniform(1.0, recipe.max_skirt_width), rng.uniform(0.05, recipe.max_skirt_level)
+
+
+def _skirt_density(
+    rng: np.random.Generator,
+    skirt: tuple[float, float],
+    dist_px: np.ndarray,
+    rho: np.ndarray,
+    box: tuple[int, ...],
+    size: float,
+) -> np.ndarray:
+    """Complex density of the skirt: falling linearly from the facets to ``width`` pixels out,
+    with its own phase (an offset of 0.5 to 2 rad and a smooth random field)."""
+    width, level = skirt
+    shell = level * np.clip(1.0 - np.maximum(dist_px, 0.0) / width, 0.0, 1.0) * (1.0 - rho)
+    field = gaussian_filter(rng.normal(size=box), rng.uniform(0.15, 0.5) * size).ravel()
+    field = field / max(field.std(), 1e-12)
+    offset = rng.choice([-1, 1]) * rng.uniform(0.5, 2.0)
+    return shell * np.exp(1j * (offset + rng.uniform(0.0, 0.8) * field))
+
+
 def _projected_extent(amplitude: np.ndarray) -> float:
     """Longer side of the bounding box of the projection's half-maximum support, pixels."""
     support = amplitude > 0.5 * amplitude.max()
@@ -209,9 +242,11 @@ def random_crystal_slice(
     unit_extent = max(np.ptp(lab[:, 0]), np.ptp(lab[:, 1])) + 0.25
     size = target / unit_extent
     shift = np.append(rng.uniform(-recipe.max_shift, recipe.max_shift, 2), 0.0)
+    skirt = _draw_skirt(rng, recipe)
+    margin = 3 + (skirt[0] if skirt else 0.0)
     # voxels only in the crystal's bounding box (plus its edge), the window's grid elsewhere
-    low = np.floor(lab.min(axis=0) * size + shift - 3).astype(int)
-    high = np.ceil(lab.max(axis=0) * size + shift + 3).astype(int)
+    low = np.floor(lab.min(axis=0) * size + shift - margin).astype(int)
+    high = np.ceil(lab.max(axis=0) * size + shift + margin).astype(int)
     low[:2] = np.maximum(low[:2], -(n // 2))
     high[:2] = np.minimum(high[:2], n - n // 2 - 1)
     axes = [np.arange(lo, hi + 1, dtype=float) for lo, hi in zip(low, high, strict=True)]
@@ -256,9 +291,12 @@ def random_crystal_slice(
         q = rng.uniform(0.5, recipe.max_rocking) * width
     q *= rng.choice([-1, 1])
     phase3d = scale * strain + fixed - 2 * np.pi * q * points[:, 2]
+    density = rho.astype(complex)
+    if skirt:
+        density = density + _skirt_density(rng, skirt, dist * size, rho, box, target)
     obj = np.zeros((n, n), complex)
     r0, c0 = low[0] + n // 2, low[1] + n // 2
-    obj[r0 : r0 + box[0], c0 : c0 + box[1]] = (rho * np.exp(1j * phase3d)).reshape(box).sum(2)
+    obj[r0 : r0 + box[0], c0 : c0 + box[1]] = (density * np.exp(1j * phase3d)).reshape(box).sum(2)
     amp = np.abs(obj) / np.abs(obj).max()
     support = amp > 0.1
     obj = obj * np.exp(-1j * ramp_plane(fit_ramp(obj[None], (amp * support)[None]), n)[0])
