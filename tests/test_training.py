@@ -2,7 +2,9 @@
 run, and the model card's evaluation on a tiny independent test set."""
 
 import json
+import shutil
 
+import h5py
 import keras
 import numpy as np
 import pytest
@@ -167,9 +169,16 @@ def test_make_models_draws_a_set_again_when_its_recipe_changed(tiny, tmp_path):
     from training.__main__ import _holds
 
     default = Crystal3DRecipe()
-    assert _holds(tiny, default)  # written before any skirt: the newer knobs read as off
+    assert _holds(tiny, default)
     assert not _holds(tiny, replace(default, skirt_share=0.5))
     assert not _holds(tmp_path / "missing.h5", default)
+    older = tmp_path / "older.h5"  # as written before the skirt knobs existed: they read as off
+    shutil.copy(tiny, older)
+    with h5py.File(older, "r+") as f:
+        recipe = json.loads(f.attrs["recipe_3d"])
+        f.attrs["recipe_3d"] = json.dumps({k: v for k, v in recipe.items() if "skirt" not in k})
+    assert _holds(older, default)
+    assert not _holds(older, replace(default, skirt_share=0.5))
 
 
 @pytest.mark.slow
