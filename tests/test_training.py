@@ -19,7 +19,7 @@ from cdistream.physics import (
     random_crystal_slices,
     twin,
 )
-from training.dataset import Batches, generate, load
+from training.dataset import Batches, drawn_with, generate, load
 from training.losses import (
     cdi_loss,
     intensity_misfit,
@@ -166,19 +166,17 @@ def test_the_3d_recipe_draws_bright_cores_relaxed_rims_and_skirts_only_when_aske
 def test_make_models_draws_a_set_again_when_its_recipe_changed(tiny, tmp_path):
     from dataclasses import replace
 
-    from training.__main__ import _holds
-
     default = Crystal3DRecipe()
-    assert _holds(tiny, default)
-    assert not _holds(tiny, replace(default, skirt_share=0.5))
-    assert not _holds(tmp_path / "missing.h5", default)
+    assert drawn_with(tiny, default)
+    assert not drawn_with(tiny, replace(default, skirt_share=0.5))
+    assert not drawn_with(tmp_path / "missing.h5", default)
     older = tmp_path / "older.h5"  # as written before the skirt knobs existed: they read as off
     shutil.copy(tiny, older)
     with h5py.File(older, "r+") as f:
         recipe = json.loads(f.attrs["recipe_3d"])
         f.attrs["recipe_3d"] = json.dumps({k: v for k, v in recipe.items() if "skirt" not in k})
-    assert _holds(older, default)
-    assert not _holds(older, replace(default, skirt_share=0.5))
+    assert drawn_with(older, default)
+    assert not drawn_with(older, replace(default, skirt_share=0.5))
 
 
 @pytest.mark.slow

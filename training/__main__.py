@@ -12,7 +12,6 @@ import json
 import logging
 import os
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -144,27 +143,9 @@ def polish_config(initial: str, state: Path):
     )
 
 
-def _holds(path: Path, recipe_3d: Crystal3DRecipe) -> bool:
-    """Whether ``path`` is a crystal set drawn with ``recipe_3d`` (a set written by an earlier
-    recipe is drawn again, not trained on)."""
-    if not path.exists():
-        return False
-    import h5py
-
-    from .dataset import ObjectRecipe, _at_size
-
-    with h5py.File(path, "r") as f:
-        written = json.loads(f.attrs.get("recipe_3d", "{}"))
-    wanted = json.loads(json.dumps(asdict(_at_size(recipe_3d, ObjectRecipe()))))
-    if {**asdict(Crystal3DRecipe()), **written} == wanted:  # knobs newer than the file: off
-        return True
-    log.info("%s was drawn with another 3D recipe: drawing it again", path)
-    return False
-
-
 def run_all(args: argparse.Namespace) -> None:
     """The whole recipe in one go; every number lands in the model card."""
-    from .dataset import generate, load
+    from .dataset import drawn_with, generate, load
     from .evaluate import evaluate_and_card
     from .train import TrainConfig, train
 
@@ -184,7 +165,7 @@ def run_all(args: argparse.Namespace) -> None:
         train(load(train_path), first, config)
     count, seed = DEFAULTS["polish_count"], DEFAULTS["polish_seed"]
     polish_path = args.workdir / f"polish_{count}_seed{seed}.h5"
-    if not _holds(polish_path, POLISH_RECIPE):
+    if not drawn_with(polish_path, POLISH_RECIPE):  # absent, or drawn by an earlier recipe
         generate(polish_path, count, seed, recipe_3d=POLISH_RECIPE)
     model_path = args.out / "cdi_nn.keras"
     train(load(polish_path), model_path, polish_config(str(first), args.workdir / "polish_state"))

@@ -120,6 +120,23 @@ def generate(
     return path
 
 
+def drawn_with(
+    path: str | Path, recipe_3d: Crystal3DRecipe, recipe: ObjectRecipe = ObjectRecipe()
+) -> bool:
+    """Whether ``path`` is a crystal set :func:`generate` drew with ``recipe_3d``; knobs of the
+    3D recipe newer than the file read as their defaults (off)."""
+    path = Path(path)
+    if not path.exists():
+        return False
+    with h5py.File(path, "r") as f:
+        written = json.loads(f.attrs.get("recipe_3d", "{}"))
+    wanted = json.loads(json.dumps(asdict(_at_size(recipe_3d, recipe))))
+    if {**asdict(Crystal3DRecipe()), **written} == wanted:
+        return True
+    log.info("%s was drawn with another 3D recipe", path)
+    return False
+
+
 class CrystalSet:
     """Crystals held in memory: complex objects and centred targets, (count, N, N) each."""
 
