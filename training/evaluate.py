@@ -98,7 +98,7 @@ def _ours(m: np.ndarray, valid: np.ndarray) -> Reconstruction:
 
 
 def _cohere(m: np.ndarray, valid: np.ndarray) -> Reconstruction:
-    return _iterative(cohere_phase_retrieval(m), m, valid)
+    return _iterative(cohere_phase_retrieval(m, seed=0), m, valid)
 
 
 def _single_ms(fn, patterns: np.ndarray, valid: np.ndarray) -> float:

@@ -138,8 +138,7 @@ def iterative_best(
         if engine == "er_hio":
             obj = phase_retrieval(m, ITERATIONS, seed=seed, valid=valid)
         else:
-            np.random.seed(seed)  # cohere draws its start from numpy's global generator
-            obj = cohere_phase_retrieval(m * valid)
+            obj = cohere_phase_retrieval(m * valid, seed=seed)
         result = _scored(obj, m, valid)
         if best_obj is None:
             best_obj, best_chi2 = result.complex_object(), result.chi2.copy()
