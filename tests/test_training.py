@@ -187,9 +187,15 @@ def test_a_second_stage_starts_from_the_first(tiny, tmp_path):
     config = TrainConfig(epochs=1, batch_size=16, widths=(4, 8, 8), validation=16,
                          learning_rate=0.0, warmup_epochs=0.0, initial=str(first),
                          support_weight=10.0, intensity_weight=3.0)
-    train(load(tiny), second, config)
+    skirted = generate(tmp_path / "skirted.h5", 48, seed=4, workers=1,
+                       recipe_3d=Crystal3DRecipe(skirt_share=1.0))
+    train(load(skirted), second, config)
     summary = json.loads(second.with_suffix(".json").read_text())
     assert summary["initial_summary"]["epochs"] == 1 and summary["initial"] == str(first)
+    # each stage records the set it learnt from, which the model card reports
+    assert summary["data"]["recipe_3d"]["skirt_share"] == 1.0
+    assert summary["initial_summary"]["data"]["recipe_3d"]["skirt_share"] == 0.0
+    assert summary["initial_summary"]["data"]["seed"] == 3
     from cdistream.inference import model as _registers_layers  # noqa: F401
 
     a = keras.saving.load_model(first, compile=False, safe_mode=True).get_weights()

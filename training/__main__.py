@@ -66,7 +66,6 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--model", type=Path, default=Path("models/cdi_nn.keras"))
     e.add_argument("--test", type=Path, default=None, help="test sets (built if missing)")
     e.add_argument("--out", type=Path, default=Path("models"))
-    e.add_argument("--train-data", type=Path, default=None, help="for the card's recipe")
     e.add_argument("--cohere", choices=("auto", "yes", "no"), default="auto")
 
     a = sub.add_parser("all", help="generate, train, evaluate and write the model card")
@@ -110,7 +109,7 @@ def main(argv: list[str] | None = None) -> None:
         from .evaluate import evaluate_and_card
 
         test = args.test or args.out.parent / "data" / _test_name()
-        metrics = evaluate_and_card(args.model, test, args.out, args.train_data, args.cohere)
+        metrics = evaluate_and_card(args.model, test, args.out, args.cohere)
         noise_free = metrics["conditions"]["noise_free"]["nn"]
         summary = {k: v for k, v in noise_free.items() if not k.endswith("bins")}
         print(json.dumps(summary, indent=2))  # noqa: T201
@@ -174,7 +173,6 @@ def run_all(args: argparse.Namespace) -> None:
         model_path,
         args.workdir / _test_name(),
         args.out,
-        train_path,
         "auto",
         command=command,
         started=started,

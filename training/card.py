@@ -8,8 +8,6 @@ import os
 import platform
 from pathlib import Path
 
-import h5py
-
 from .holdout import BIN_LABELS, CONDITIONS
 
 __all__ = ["write_card"]
@@ -387,14 +385,6 @@ def _extra_sections(metrics: dict) -> list[str]:
     return lines
 
 
-def _recipe_3d(workdir: Path, count: int) -> dict | None:
-    """The 3D recipe of stage 2's crystal set in ``workdir``, if it is there."""
-    for path in sorted(workdir.glob(f"polish_{count}_seed*.h5")):
-        with h5py.File(path, "r") as f:
-            return json.loads(f.attrs["recipe_3d"])
-    return None
-
-
 def _polish_lines(summary: dict, recipe_3d: dict | None) -> list[str]:
     """The card's lines on stage 2 (a polish from stage 1's networks)."""
     best = min(summary["history"], key=lambda h: h["val_loss"])
@@ -424,25 +414,17 @@ def write_card(
     out: Path,
     model_path: Path,
     command: str | None,
-    train_path: Path | None,
     test_path: Path,
     metrics: dict,
     total_s: float | None,
 ) -> Path:
-    """Render the card into ``out/MODEL_CARD.md``."""
+    """Render the card into ``out/MODEL_CARD.md``; the recipes are those each stage recorded
+    beside its networks (:func:`training.train.train`), not whatever set the workdir holds now."""
     summary = json.loads(Path(model_path).with_suffix(".json").read_text())
-    recipe, recipe_3d, share_2d = None, None, None
-    polish = None
-    if summary.get("initial_summary") and train_path is not None:
-        polish = _recipe_3d(Path(train_path).parent, summary["train_examples"]
-                            + summary["validation_examples"])
-    if train_path is not None and Path(train_path).exists():
-        with h5py.File(train_path, "r") as f:
-            recipe = json.loads(f.attrs["recipe"])
-            if "recipe_3d" in f.attrs:
-                recipe_3d = json.loads(f.attrs["recipe_3d"])
-                share_2d = float(f.attrs["share_2d"])
     first = summary.get("initial_summary", summary)  # stage 1; ``summary`` is the last stage
+    data = first.get("data", {})
+    recipe, recipe_3d, share_2d = data.get("recipe"), data.get("recipe_3d"), data.get("share_2d")
+    polish = summary.get("data", {}).get("recipe_3d") if "initial_summary" in summary else None
     best = min(first["history"], key=lambda h: h["val_loss"])
     gate = metrics["gate"]
     single = metrics["single_pattern_ms"]

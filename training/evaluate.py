@@ -235,7 +235,6 @@ def evaluate_and_card(
     model_path: Path,
     test_path: Path,
     out: Path,
-    train_path: Path | None,
     cohere: str = "auto",
     command: str | None = None,
     started: float | None = None,
@@ -261,7 +260,7 @@ def evaluate_and_card(
         log.warning("no real scan at %s: the card's real-data section stays empty", scan)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     total = None if started is None else time.monotonic() - started
-    write_card(out, model_path, command, train_path, test_path, metrics, total)
+    write_card(out, model_path, command, test_path, metrics, total)
     return metrics
 
 

@@ -171,6 +171,7 @@ def train(data: CrystalSet, out: Path, config: TrainConfig) -> keras.Model:
         "best_val_loss": keep.best,
         "train_examples": len(train_set),
         "validation_examples": len(val_set),
+        "data": data.meta,  # the set's seed and recipes, for the card
         "train_seconds": config.history[-1]["elapsed_s"] if config.history else 0.0,
         "backend": keras.backend.backend(),
     }
