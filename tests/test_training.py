@@ -215,3 +215,30 @@ def test_short_training_run_saves_a_loadable_float32_model(tiny, tmp_path):
     objects = load(tiny, limit=4).objects
     res = rec.reconstruct(diffraction_magnitudes(objects))
     assert res.amplitude.shape == (4, N, N) and np.isfinite(res.chi2).all()
+
+
+def test_the_card_says_per_frame_which_support_matches_the_3d_reconstruction():
+    from training.card import _per_frame
+
+    def method(chi2, iou):
+        return {"chi2": chi2, "wrapped_iou_vs_3d": iou}
+
+    real = {
+        "frames": [10, 11, 12, 13],
+        "roi_counts": [100.0, 900.0, 1000.0, 300.0],  # 11 and 12 bright, 10 and 13 flanks
+        "methods": {
+            "nn": method([0.03, 0.02, 0.02, 0.04], [0.9, 0.6, 0.7, 0.8]),
+            "er_hio": method([0.01, 0.01, 0.01, 0.01], [0.3, 0.95, 0.85, 0.4]),
+        },
+    }
+    lines = _per_frame(real, ["nn", "er_hio"])
+    rows = [line for line in lines if line.startswith("| 1")]
+    assert rows[0] == "| 10 | 0.0300 | 0.0100 | 0.90 | 0.30 |"
+    summary = lines[-1]
+    assert "on the 2 frames whose ROI holds at least half" in summary
+    assert "networks alone 0.65, ER/HIO 620 (ours) 0.90; on the 2 frames" in summary
+    assert "flanks, networks alone 0.85, ER/HIO 620 (ours) 0.35." in summary
+    # an older metrics file without the 3D columns still renders its chi2 table
+    for m in real["methods"].values():
+        del m["wrapped_iou_vs_3d"]
+    assert _per_frame(real, ["nn", "er_hio"])[-1] == "| 13 | 0.0400 | 0.0100 |"

@@ -209,6 +209,7 @@ def evaluate_scan(
         },
         "product_seconds_per_frame": {"nn": nn.seconds_per_frame,
                                       "nn_refine": refined.seconds_per_frame},
+        "roi_counts": nn.counts.reshape(k, -1).sum(axis=1).tolist(),
     }
     methods = {"nn": (nn.objects, nn.chi2), "nn_refine": (refined.objects, refined.chi2)}
     methods.update({name: (b[0], b[1]) for name, b in baselines.items()})
@@ -236,6 +237,7 @@ def evaluate_scan(
                         for ref in baselines if ref != name})
         if nn.slices is not None:
             wrapped["iou_vs_3d_median"] = _wrapped_iou(obj, nn.slices)
+            entry["wrapped_iou_vs_3d"] = wrapped["iou_vs_3d_median"].tolist()
         entry["wrapped_support"] = {k: float(np.median(v)) for k, v in wrapped.items()}
         out["methods"][name] = entry
     out["autocorrelation_area"] = _autocorrelation_area(nn.counts, nn.valid)
