@@ -259,7 +259,6 @@ def _per_frame(real: dict, methods: list[str]) -> list[str]:
         return lines
     counts = np.asarray(real["roi_counts"])
     bright = counts >= 0.5 * counts.max()
-
     iou = {k: np.asarray(real["methods"][k]["wrapped_iou_vs_3d"]) for k in with_3d}
 
     def medians(sel: np.ndarray) -> str:
@@ -361,8 +360,8 @@ def _known_limits(metrics: dict) -> list[str]:
             " crystals beside 80,000 of the default recipe (12 epochs from scratch) still 1.71"
             " times at 1e5 photons (IoU 0.56), misfitting the real scan 7.8 times: the networks"
             " draw a sharp core blurred even after learning from such crystals, which a recipe"
-            " does not mend; the"
-            " architecture or the loss must, a search at an hour a trial on this machine. Nor"
+            " does not mend; the architecture or the loss must, a search at an hour a trial on"
+            " this machine. Nor"
             " test-time symmetries: the pattern's eight flips and transposes, each inverted and"
             " the best fit kept, misfit the real scan 3.4 times (IoU with ER/HIO 0.48) and halve"
             " the simulated chi2, but move the simulated IoU by 0.012 at most (noise-free 0.862"
@@ -372,9 +371,8 @@ def _known_limits(metrics: dict) -> list[str]:
             " (weight 10, four epochs) draws the real crystal at 40 px (IoU with ER/HIO 0.53, with"
             " the 3D slices 0.58) and steep crystals 1.69 times too large, with simulated IoU"
             " no worse (200 of the training generator's 3D crystals, 1e6 photons in all: 0.835"
-            " against 0.825), but misfits the real scan"
-            " 10.1 times; with the chi2 term at 10 as well, 4.9 times, and the crystal is back to"
-            " 47 px."
+            " against 0.825), but misfits the real scan 10.1 times; with the chi2 term at 10 as"
+            " well, 4.9 times, and the crystal is back to 47 px."
             " The simulated skirt is learnable and reproduces the failure, but what the networks"
             " miss in the real crystal is not only it, so stage 2's recipe stays without skirts."
             + " Refined within the networks' support (50"
