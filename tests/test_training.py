@@ -21,6 +21,7 @@ from cdistream.physics import (
 )
 from training.dataset import Batches, drawn_with, generate, load
 from training.losses import (
+    amplitude_misfit,
     cdi_loss,
     intensity_misfit,
     outside_support,
@@ -120,6 +121,24 @@ def test_outside_support_penalises_only_amplitude_the_crystal_cannot_have(tiny):
     assert with_it == pytest.approx(without + 10.0 * float(penalty.mean()), rel=1e-4)
 
 
+def test_amplitude_misfit_weighs_the_crystal_by_its_area_and_counts_in_the_twin_choice(tiny):
+    data = load(tiny, limit=8)
+    amp, phase = _as_tensors(data.amplitude, data.phase)
+    assert float(ops.max(amplitude_misfit(amp, amp))) == 0.0
+    halo = np.full((8, N, N), 0.02, np.float32)  # a faint halo over the whole window
+    area = (np.asarray(data.amplitude) > 0.05).sum((1, 2))
+    np.testing.assert_allclose(ops.convert_to_numpy(amplitude_misfit(amp, amp + halo)),
+                               0.02 * N**2 / (area + 1), rtol=1e-4)
+    twin_amp, twin_phase = twin_targets(amp, phase)
+    for pred in ((amp, phase), (twin_amp, twin_phase)):  # either image is right
+        assert float(cdi_loss(amp, phase, *pred, amplitude_weight=10.0)[0]) == pytest.approx(
+            float(cdi_loss(amp, phase, *pred)[0]), abs=1e-5)
+    with_it = float(cdi_loss(amp, phase, amp + halo, phase, amplitude_weight=10.0)[0])
+    without = float(cdi_loss(amp, phase, amp + halo, phase)[0])
+    penalty = ops.convert_to_numpy(amplitude_misfit(amp, amp + halo))
+    assert with_it == pytest.approx(without + 10.0 * float(penalty.mean()), rel=1e-4)
+
+
 def test_intensity_misfit_is_the_products_chi2(tiny):
     data = load(tiny, limit=8)
     other = load(tiny).objects[8:16]
@@ -186,7 +205,7 @@ def test_a_second_stage_starts_from_the_first(tiny, tmp_path):
     second = tmp_path / "stage2.keras"
     config = TrainConfig(epochs=1, batch_size=16, widths=(4, 8, 8), validation=16,
                          learning_rate=0.0, warmup_epochs=0.0, initial=str(first),
-                         support_weight=10.0, intensity_weight=3.0)
+                         support_weight=10.0, intensity_weight=3.0, amplitude_weight=10.0)
     skirted = generate(tmp_path / "skirted.h5", 48, seed=4, workers=1,
                        recipe_3d=Crystal3DRecipe(skirt_share=1.0))
     train(load(skirted), second, config)
@@ -196,6 +215,11 @@ def test_a_second_stage_starts_from_the_first(tiny, tmp_path):
     assert summary["data"]["recipe_3d"]["skirt_share"] == 1.0
     assert summary["initial_summary"]["data"]["recipe_3d"]["skirt_share"] == 0.0
     assert summary["initial_summary"]["data"]["seed"] == 3
+    from training.card import _polish_lines  # the card names every loss term stage 2 weighted
+
+    text = " ".join(_polish_lines(summary, None))
+    for term in ("outside_support", "amplitude_misfit", "intensity_misfit"):
+        assert f"`training.losses.{term}`" in text
     from cdistream.inference import model as _registers_layers  # noqa: F401
 
     a = keras.saving.load_model(first, compile=False, safe_mode=True).get_weights()

@@ -122,8 +122,14 @@ def _bars(metrics: dict) -> list[str]:
              speed >= 10),
         ]
     for name, extra in metrics.get("sets", {}).items():
-        chi2 = extra["conditions"]["noise_free"]["nn"]["chi2"]
-        rows.append((f"{name}: noise-free median chi2 <= 0.02", chi2, chi2 <= 0.02))
+        own = extra["conditions"]["noise_free"]["nn"]
+        if name == "slices_3d":  # the flat set's IoU and phase bars, replaced (known limits)
+            rows += [
+                (f"{name}: noise-free median IoU >= 0.88", own["iou"], own["iou"] >= 0.88),
+                (f"{name}: noise-free median phase RMSE <= 0.10 rad", own["phase_rmse"],
+                 own["phase_rmse"] <= 0.10),
+            ]
+        rows.append((f"{name}: noise-free median chi2 <= 0.02", own["chi2"], own["chi2"] <= 0.02))
     rows += _real_bars(metrics.get("real"))
     lines = ["| bar | measured | met |", "|---|---|---|"]
     lines += [f"| {name} | {value:.3f} | {'yes' if ok else '**no**'} |" for name, value, ok in rows]
@@ -303,6 +309,16 @@ def _cores(slices: dict) -> str:
     )
 
 
+def _met(scores: dict) -> str:
+    """Which of the flat bars (IoU >= 0.88, phase <= 0.10 rad) a set's scores meet, in words."""
+    iou, phase = scores["iou"] >= 0.88, scores["phase_rmse"] <= 0.10
+    if iou and phase:
+        return "the same bars are met"
+    if iou or phase:
+        return f"the {'IoU' if iou else 'phase'} bar is met, the {'phase' if iou else 'IoU'} not"
+    return "neither bar is met either"
+
+
 def _known_limits(metrics: dict) -> list[str]:
     lines = []
     real = metrics.get("real")
@@ -369,12 +385,26 @@ def _known_limits(metrics: dict) -> list[str]:
             " the simulated chi2, but move the simulated IoU by 0.012 at most (noise-free 0.862"
             " both), at eight times the cost. The loss is a part of the blur: its amplitude term is"
             " a cross-entropy over the whole window, where a sharp core covers 3% of the pixels."
-            " Stage 2 as shipped plus an L1 term on the amplitude over the target's support"
-            " (weight 10, four epochs) draws the real crystal at 40 px (IoU with ER/HIO 0.53, with"
-            " the 3D slices 0.58) and steep crystals 1.69 times too large, with simulated IoU"
-            " no worse (200 of the training generator's 3D crystals, 1e6 photons in all: 0.835"
-            " against 0.825), but misfits the real scan 10.1 times; with the chi2 term at 10 as"
-            " well, 4.9 times, and the crystal is back to 47 px."
+            " By hand, from stage 1 on the same data: an L1 term on the amplitude over the"
+            " target's support only (weight 10) draws the real crystal at 40 px but inside a wider"
+            " faint halo (157 px above 10% of the maximum; the shipped networks 128, the 3D"
+            " slices 111), misfitting it 10.1 times after four epochs and 7.8 after twelve. Over"
+            " the whole window divided by the crystal's area (`training.losses.amplitude_misfit`,"
+            " off in `make models`: `AMPLITUDE_WEIGHT`), without the chi2 term, twelve epochs: the"
+            " halo is gone, and the amplitude alone (with the 3D slices' phase) and the phase"
+            " alone (with their amplitude) each fit those slices better than the shipped"
+            " networks' (chi2 0.025 and 0.024 against 0.036 and 0.026), yet together no better"
+            " (0.049 both) and the real scan 6.6 times: the shipped networks' too-wide amplitude"
+            " and their phase have learnt to offset each other. With the chi2 term at 3 as well,"
+            " eight epochs, made and evaluated in full by `make models` (its card not shipped):"
+            " the real scan misfit 4.9 times ER/HIO's chi2 as now, IoU with ER/HIO 0.52 (refined"
+            " 0.61), with the 3D slices 0.58 (refined 0.67), half maximum 44 px; on the flat set"
+            " every condition's IoU 0.01 to 0.05 higher (noise-free 0.870, partial coherence"
+            " 0.815, a loss of 0.054), the trust gate catching 93.8%, no corner blob; but the"
+            " phase worse where it matters most, under large strain (the strongest-strain bin"
+            " 0.290 rad against 0.277, partial coherence 0.217 against 0.192, the 3D slices 0.104"
+            " against 0.099), and the strain watch of `tests/test_bluesky.py` stopped two steps"
+            " late: not shipped."
             + " Refined within the networks' support (50"
             f" HIO/ER iterations, {1e3 * real['seconds_per_frame']['nn_refine']:.1f} ms a frame),"
             f" the same frames are fit to chi2 {ref['chi2_median']:.5f} (ER/HIO"
@@ -392,8 +422,9 @@ def _known_limits(metrics: dict) -> list[str]:
             " allows, which fill in what no compact crystal explains (background, partial"
             " coherence). Stage 2 penalises amplitude outside the target's support; the share of"
             " reconstructions with such a blob is now"
-            f" {min(corner.values()):.0%} to {max(corner.values()):.0%} across the conditions"
-            " (`corner_share` in `metrics.json`).",
+            + (" under 1% in every condition" if max(corner.values()) < 0.005 else
+               f" {min(corner.values()):.0%} to {max(corner.values()):.0%} across the conditions")
+            + " (`corner_share` in `metrics.json`).",
         ]
     sets = metrics.get("sets", {})
     flat = metrics["conditions"]["noise_free"]["nn"]
@@ -405,7 +436,7 @@ def _known_limits(metrics: dict) -> list[str]:
             f" {flat['phase_rmse']:.3f} rad): four fifths of the training frames are now slices of"
             " 3D crystals, thickness maps, and a flat top is the less likely answer. On the"
             " independent slices of 3D crystals, which is what a detector near a Bragg peak"
-            f" records, the same bars are met: IoU {deep['iou']:.3f}, phase"
+            f" records, {_met(deep)}: IoU {deep['iou']:.3f}, phase"
             f" {deep['phase_rmse']:.3f} rad. This card replaces those two bars by the 3D set's.",
         ]
     conditions = metrics["conditions"]
@@ -457,6 +488,9 @@ def _polish_lines(summary: dict, recipe_3d: dict | None) -> list[str]:
         f" {len(summary['history'])} epochs, AdamW {summary['learning_rate']} with cosine decay,"
         f" amplitude outside the target's support weighted {summary['support_weight']}"
         " (`training.losses.outside_support`)"
+        + (f", the amplitude's L1 over the window by the crystal's area weighted"
+           f" {summary['amplitude_weight']} (`training.losses.amplitude_misfit`)"
+           if summary.get("amplitude_weight") else "")
         + (f" and the product's chi2 of the prediction weighted {summary['intensity_weight']}"
            " (`training.losses.intensity_misfit`)" if summary.get("intensity_weight") else "")
         + f", seed {summary['seed']};"

@@ -44,6 +44,7 @@ class TrainConfig:
     reciprocal_weight: float = 1.0
     support_weight: float = 0.0  # amplitude outside the target's support (losses.outside_support)
     intensity_weight: float = 0.0  # the product's chi2 of the prediction (losses.intensity_misfit)
+    amplitude_weight: float = 0.0  # amplitude L1 by the crystal's area (losses.amplitude_misfit)
     precision: str = "mixed_bfloat16"  # "float32" where the CPU has no bfloat16 arithmetic
     validation: int = 5000
     seed: int = 0
@@ -76,6 +77,7 @@ class _Trainer(keras.Model):
             self.config.reciprocal_weight,
             self.config.support_weight,
             self.config.intensity_weight,
+            self.config.amplitude_weight,
         )
         return total
 
