@@ -25,6 +25,7 @@ __all__ = [
 ]
 
 EPS = 1e-6
+SUPPORT_LEVEL = 0.05  # a target's support: amplitude above this (of its maximum, 1)
 
 
 def twin_targets(amplitude, phase):
@@ -56,10 +57,10 @@ def _plane_free_mse(d, w):
 
 def amplitude_misfit(amp_true, amp_pred):
     """Per pattern: sum |a_pred - a_true| over the window divided by the target's support area
-    (amplitude above 0.05). The BCE, a mean over all N x N pixels, hardly sees a crystal's
+    (:data:`SUPPORT_LEVEL`). The BCE, a mean over all N x N pixels, hardly sees a crystal's
     bright core of a few dozen of them: trained on it alone the networks draw the core blurred,
     twice as wide as it is, and a faint halo around the crystal (the model card's known limits)."""
-    support = ops.sum(ops.cast(amp_true > 0.05, "float32"), axis=(1, 2))
+    support = ops.sum(ops.cast(amp_true > SUPPORT_LEVEL, "float32"), axis=(1, 2))
     return ops.sum(ops.abs(amp_pred - amp_true), axis=(1, 2)) / (support + 1.0)
 
 
@@ -116,7 +117,7 @@ def outside_support(amp_true, amp_pred, grow: int = 2):
     coherence, noise): above 10% of the maximum in a quarter to two fifths of the simulated
     reconstructions and on every frame of the real scan."""
     twin, _ = twin_targets(amp_true, amp_true)
-    inside = ops.cast((amp_true > 0.05) | (twin > 0.05), "float32")[..., None]
+    inside = ops.cast((amp_true > SUPPORT_LEVEL) | (twin > SUPPORT_LEVEL), "float32")[..., None]
     grown = ops.max_pool(inside, 2 * grow + 1, strides=1, padding="same")[..., 0]
     return ops.mean(amp_pred * (1.0 - grown), axis=(1, 2))
 
