@@ -106,6 +106,36 @@ def test_unknown_codec_with_a_known_type_is_named():
     assert err.value.reason == "unknown_encoding"
 
 
+@pytest.mark.timeout(120)
+def test_an_update_that_repeats_the_last_one_is_a_notice_not_a_frame(tiny_reconstructor, context):
+    """A PVA monitor that reconnects is sent the channel's current value again: the same
+    ``uniqueId`` and time stamp. It is no new frame (it once made a streamed series one event
+    too long); a counter reset, the same number at a new time, still is one."""
+    from sim_detector.pva_publisher import PvaPublisher
+
+    detector = DetectorModel(shape=(128, 128), hot_pixels=2, gap_rows=2)
+    sim = Scenario("static", 0, 4, detector.shape)
+    images = list(scenario_frames(sim, detector, 4))
+    with PvaPublisher(f"cdi:test{free_port()}:image") as pub:
+        pub.wait_for_subscriber = lambda timeout: time.sleep(2) or True
+        service, sink = start_service(tiny_reconstructor, context, pub, format="pva",
+                                      series_timeout=1.0)
+        try:
+            sent = [Frame(1, i, 1.8e9 + i, image) for i, image in enumerate(images[:3])]
+            sent.insert(2, sent[1])  # frame 2 (uniqueId 2) again: a repeat
+            sent.append(Frame(1, 0, 1.8e9 + 9, images[3]))  # uniqueId 1 again, later: a frame
+            for message in sent:
+                pub.send(message)
+                time.sleep(0.05)
+            sink.collect(timeout=60)
+        finally:
+            counts = service.stop()
+    assert [e["data"]["frame"] for e in sink.events()] == [1, 2, 3, 1]
+    (stop_doc,) = sink.of("stop")
+    assert stop_doc["cdistream"]["notices"] == {"pva_repeated_update": 1}
+    assert counts["received"] == 4 == counts["reconstructed"]
+
+
 DET = DetectorModel((256, 256), "uint16", 2e4, seed=7)  # as `sim_detector --seed 7` makes it
 FRAMES = 200
 

@@ -6,8 +6,10 @@ request PVA keeps only the latest value and drops frames at about 1 kHz); pvapy'
 appends to a bounded deque, and this class's thread decodes, so a slow ROI never holds up
 the PVA client. Updates the deque cannot hold are counted as ``dropped_input`` rejections, and
 frames the server dropped show up as gaps in ``uniqueId``. The first update of a monitor is the
-channel's current value, not a new frame: it is skipped. A series ends when ``uniqueId`` goes
-back (a new acquisition) or after ``idle_s`` seconds without a frame."""
+channel's current value, not a new frame: it is skipped. So is an update that repeats the last
+one's ``uniqueId`` and timestamp (a monitor that reconnects is sent the current value again):
+counted as the notice ``pva_repeated_update``, not as a frame. A series ends when ``uniqueId``
+goes back (a new acquisition) or after ``idle_s`` seconds without a frame."""
 
 from __future__ import annotations
 
@@ -31,9 +33,21 @@ FIRST_UNIQUE_ID = 1  # areaDetector's array counter starts at 1; 0 is a server's
 log = logging.getLogger(__name__)
 
 
+_REPEAT = object()  # an update that only repeats the last one, in the order it came
+
+
 def _unique_id(pv) -> int | None:
     try:
         return pv["uniqueId"]
+    except Exception:
+        return None
+
+
+def _identity(pv) -> tuple | None:
+    """What tells one NTNDArray from the next: ``uniqueId`` and the time stamps. Two frames
+    with one number (a counter reset between single-frame acquisitions) differ in time."""
+    try:
+        return (pv["uniqueId"], *(tuple(pv[f].values()) for f in ("dataTimeStamp", "timeStamp")))
     except Exception:
         return None
 
@@ -61,6 +75,7 @@ class PvaReceiver(Ingest):
         self._updates: deque = deque()
         self._ready = threading.Condition()
         self._skip_first = True
+        self._last: tuple | None = None  # the identity of the last update taken
         self._overflow = 0
         self._stop = threading.Event()
         self._channel = pva.Channel(channel, pva.PVA)
@@ -99,6 +114,12 @@ class PvaReceiver(Ingest):
             if len(self._updates) >= self._limit:
                 self._overflow += 1
                 return
+            identity = _identity(pv)
+            if identity is not None and identity == self._last:
+                self._updates.append(_REPEAT)
+                self._ready.notify()
+                return
+            self._last = identity
             try:
                 decoded = self.decoder.decode(pv)
             except DecodeError as exc:
@@ -133,7 +154,10 @@ class PvaReceiver(Ingest):
 
     def _handled(self, decoded) -> None:
         try:
-            if isinstance(decoded, DecodeError):
+            if decoded is _REPEAT:
+                log.info("PVA channel %s sent its last update again", self.channel_name)
+                self._acct.notice(self._run, "pva_repeated_update")
+            elif isinstance(decoded, DecodeError):
                 self.rejected(decoded)
             else:
                 self.messages(decoded)
