@@ -153,6 +153,12 @@ def _real_bars(real: dict | None) -> list[tuple[str, float, bool]]:
     nn, refined, er = m["nn"], m["nn_refine"], m["er_hio"]
     speed = real["seconds_per_frame"]["er_hio"] / real["seconds_per_frame"]["nn_refine"]
     ratio = nn["chi2_median"] / er["chi2_median"]
+    repeat = []
+    if "er_hio_repeat" in real:  # the reference's own spread, in place of the 0.85
+        itself = real["er_hio_repeat"]["iou_median"]
+        repeat = [(f"real scan: refined support IoU with ER/HIO >= {itself:.2f}, ER/HIO's with"
+                   " itself from other seeds (in place of 0.85)",
+                   refined["iou_vs_er_hio_median"], refined["iou_vs_er_hio_median"] >= itself)]
     return [
         ("real scan: networks' median chi2 / ER/HIO's (<= 2)", ratio, ratio <= 2),
         ("real scan: networks' support IoU with ER/HIO >= 0.8", nn["iou_vs_er_hio_median"],
@@ -162,6 +168,7 @@ def _real_bars(real: dict | None) -> list[tuple[str, float, bool]]:
          refined["chi2_median"] <= er["chi2_median"]),
         ("real scan: refined support IoU with ER/HIO >= 0.85", refined["iou_vs_er_hio_median"],
          refined["iou_vs_er_hio_median"] >= 0.85),
+        *repeat,
         ("real scan: refinement >= 10x faster than 4 ER/HIO runs (x)", speed, speed >= 10),
         ("real scan: consecutive frames' support IoU >= 0.8 (networks)",
          nn["consecutive_iou_median"], nn["consecutive_iou_median"] >= 0.8),
@@ -236,6 +243,17 @@ def _real_section(real: dict | None) -> list[str]:
             " reconstruction's slices' score each method against them.",
         ]
     lines += _per_frame(real, methods)
+    if "er_hio_repeat" in real:
+        rep = real["er_hio_repeat"]
+        lines += [
+            "",
+            "Is ER/HIO's support determined by the data? Its best of 4 again, from the next 4"
+            f" seeds (chi2 {rep['chi2_median']:.4f}), agrees with the first at support IoU"
+            f" {rep['iou_median']:.2f} (median; {min(rep['iou']):.2f} to {max(rep['iou']):.2f}"
+            f" per frame; {rep['wrapped_iou_median']:.2f} as shrink-wrap draws it): no"
+            " reconstruction can agree with ER/HIO better than ER/HIO agrees with itself, so"
+            " its support is a reference only as far as that.",
+        ]
     if "volume" in real:
         v = real["volume"]
         lines += [
@@ -419,7 +437,13 @@ def _known_limits(metrics: dict) -> list[str]:
             f" the same frames are fit to chi2 {ref['chi2_median']:.5f} (ER/HIO"
             f" {er['chi2_median']:.4f}): on real data publish refined results (`--refine-above`,"
             " which the trust gate's threshold sends every such frame to; `cdistream"
-            " reconstruct` refines by default).",
+            " reconstruct` refines by default). The refinement starts from the networks' support"
+            " as drawn; until 2026-12-03 it was dilated by a pixel first, which gave HIO room for"
+            " a halo: the refined real frames then agreed with ER/HIO at IoU 0.575 (now 0.683),"
+            " with the 3D slices at 0.641 (0.671), consecutive frames at 0.826 (0.833), and the"
+            " simulated noise-free crystals were refined to IoU 0.888 (0.899, inference then in"
+            " bfloat16); but drawn as shrink-wrap draws them, consecutive refined real frames"
+            " agree less (0.868, now 0.741), and partial coherence loses 0.011 more.",
         ]
     corner = {k: v["nn"].get("corner_share") for k, v in metrics["conditions"].items()}
     if all(v is not None for v in corner.values()):
