@@ -111,15 +111,15 @@ class PvaReceiver(Ingest):
                 self._skip_first = False  # (uniqueId 0) unless a detector was already running
                 if _unique_id(pv) == 0:
                     return
-            if len(self._updates) >= self._limit:
-                self._overflow += 1
-                return
             identity = _identity(pv)
-            if identity is not None and identity == self._last:
+            if identity is not None and identity == self._last:  # never a frame, even when full
                 self._updates.append(_REPEAT)
                 self._ready.notify()
                 return
             self._last = identity
+            if len(self._updates) >= self._limit:
+                self._overflow += 1
+                return
             try:
                 decoded = self.decoder.decode(pv)
             except DecodeError as exc:
