@@ -136,6 +136,42 @@ def test_an_update_that_repeats_the_last_one_is_a_notice_not_a_frame(tiny_recons
     assert counts["received"] == 4 == counts["reconstructed"]
 
 
+@pytest.mark.timeout(120)
+def test_a_detector_that_restarts_is_a_notice_and_a_new_run(tiny_reconstructor, context):
+    """An IOC that reboots comes back with its empty record (``uniqueId`` 0, a 1 x 1 image),
+    which the monitor is sent: no frame, no run of its own, a notice; the next acquisition is
+    the next run."""
+    from sim_detector.pva_publisher import PvaPublisher
+
+    detector = DetectorModel(shape=(128, 128), hot_pixels=2, gap_rows=2)
+    images = list(scenario_frames(Scenario("static", 0, 6, detector.shape), detector, 6))
+    name = f"cdi:test{free_port()}:image"
+    pub = PvaPublisher(name)
+    pub.wait_for_subscriber = lambda timeout: time.sleep(2) or True
+    service, sink = start_service(tiny_reconstructor, context, pub, format="pva",
+                                  series_timeout=1.0)
+    try:
+        for series in (1, 2):
+            if series == 2:  # the detector restarts: its server goes, and comes back empty
+                pub.close()
+                time.sleep(2)
+                pub = PvaPublisher(name)
+                sink.collect(timeout=30)  # the first series ends, quiet for 1 s
+                time.sleep(3)  # the monitor reconnects (and is sent the empty record)
+            for i in range(3):
+                pub.send(Frame(series, i, 1.8e9 + 10 * series + i, images[3 * (series - 1) + i]))
+                time.sleep(0.05)
+        sink.collect(stops=2, timeout=60)
+    finally:
+        counts = service.stop()
+        pub.close()
+    stops = sink.of("stop")
+    assert [s["cdistream"]["reconstructed"] for s in stops] == [3, 3]
+    assert [e["data"]["frame"] for e in sink.events()] == [1, 2, 3, 1, 2, 3]
+    assert counts["received"] == 6 == counts["reconstructed"], counts
+    assert counts["notices"] == {"pva_server_restarted": 1}, counts
+
+
 DET = DetectorModel((256, 256), "uint16", 2e4, seed=7)  # as `sim_detector --seed 7` makes it
 FRAMES = 200
 

@@ -5,11 +5,13 @@ The monitor asks the server to queue updates (``record[queueSize=...]``: with th
 request PVA keeps only the latest value and drops frames at about 1 kHz); pvapy's callback only
 appends to a bounded deque, and this class's thread decodes, so a slow ROI never holds up
 the PVA client. Updates the deque cannot hold are counted as ``dropped_input`` rejections, and
-frames the server dropped show up as gaps in ``uniqueId``. The first update of a monitor is the
-channel's current value, not a new frame: it is skipped. So is an update that repeats the last
-one's ``uniqueId`` and timestamp (a monitor that reconnects is sent the current value again):
-counted as the notice ``pva_repeated_update``, not as a frame. A series ends when ``uniqueId``
-goes back (a new acquisition) or after ``idle_s`` seconds without a frame."""
+frames the server dropped show up as gaps in ``uniqueId``. A server's empty record (``uniqueId``
+0) is no frame: the first update of a monitor when no detector is running yet, skipped; later,
+it means the server restarted (an IOC reboot), counted as the notice ``pva_server_restarted``.
+Nor is an update that repeats the last one's ``uniqueId`` and timestamp (a monitor that
+reconnects is sent the current value again), counted as the notice ``pva_repeated_update``. A
+series ends when ``uniqueId`` goes back (a new acquisition) or after ``idle_s`` seconds without
+a frame."""
 
 from __future__ import annotations
 
@@ -33,7 +35,11 @@ FIRST_UNIQUE_ID = 1  # areaDetector's array counter starts at 1; 0 is a server's
 log = logging.getLogger(__name__)
 
 
-_REPEAT = object()  # an update that only repeats the last one, in the order it came
+# updates that are no frame but say something, queued by name in the order they came
+_NOTICES = {
+    "pva_repeated_update": (logging.INFO, "PVA channel %s sent its last update again"),
+    "pva_server_restarted": (logging.WARNING, "the PVA server of %s restarted (empty record)"),
+}
 
 
 def _unique_id(pv) -> int | None:
@@ -74,7 +80,7 @@ class PvaReceiver(Ingest):
         self._limit = max(4, buffer_bytes // max(max_frame_bytes, 1))
         self._updates: deque = deque()
         self._ready = threading.Condition()
-        self._skip_first = True
+        self._updated = False  # any update with a frame number came
         self._last: tuple | None = None  # the identity of the last update taken
         self._overflow = 0
         self._stop = threading.Event()
@@ -107,14 +113,14 @@ class PvaReceiver(Ingest):
         """pvapy's monitor callback. pvapy hands over one structure that it overwrites with the
         next update, so the update is decoded (and its image copied) here, then handed over."""
         with self._ready:
-            if self._skip_first:  # the channel's value when we connected: the empty record
-                self._skip_first = False  # (uniqueId 0) unless a detector was already running
-                if _unique_id(pv) == 0:
-                    return
+            if _unique_id(pv) == 0:  # the empty record: when we connect, or the server restarted
+                if self._updated:
+                    self._noted("pva_server_restarted")
+                return
+            self._updated = True
             identity = _identity(pv)
             if identity is not None and identity == self._last:  # never a frame, even when full
-                self._updates.append(_REPEAT)
-                self._ready.notify()
+                self._noted("pva_repeated_update")
                 return
             self._last = identity
             if len(self._updates) >= self._limit:
@@ -129,6 +135,11 @@ class PvaReceiver(Ingest):
                 decoded = DecodeError("internal_error", "the decoder failed")
             self._updates.append(decoded)
             self._ready.notify()
+
+    def _noted(self, name: str) -> None:
+        """An update that is no frame, for the ingest thread to count (with ``_ready`` held)."""
+        self._updates.append(name)
+        self._ready.notify()
 
     def _loop(self) -> None:
         while not self._stop.is_set():
@@ -154,9 +165,10 @@ class PvaReceiver(Ingest):
 
     def _handled(self, decoded) -> None:
         try:
-            if decoded is _REPEAT:
-                log.info("PVA channel %s sent its last update again", self.channel_name)
-                self._acct.notice(self._run, "pva_repeated_update")
+            if isinstance(decoded, str):
+                level, text = _NOTICES[decoded]
+                log.log(level, text, self.channel_name)
+                self._acct.notice(self._run, decoded)
             elif isinstance(decoded, DecodeError):
                 self.rejected(decoded)
             else:
