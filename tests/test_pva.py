@@ -136,40 +136,69 @@ def test_an_update_that_repeats_the_last_one_is_a_notice_not_a_frame(tiny_recons
     assert counts["received"] == 4 == counts["reconstructed"]
 
 
-@pytest.mark.timeout(120)
-def test_a_detector_that_restarts_is_a_notice_and_a_new_run(tiny_reconstructor, context):
+def test_a_detector_that_restarts_is_a_notice_not_a_run():
     """An IOC that reboots comes back with its empty record (``uniqueId`` 0, a 1 x 1 image),
     which the monitor is sent: no frame, no run of its own, a notice; the next acquisition is
-    the next run."""
-    from sim_detector.pva_publisher import PvaPublisher
+    the next run. Fed as pvapy hands the updates over: when a monitor reconnects after a
+    server restart is up to PVA's search (seconds to a minute here), not to cdistream."""
+    from cdistream.roi import RoiConfig
+    from cdistream.service.accounting import Accounting
+    from cdistream.service.pva.receiver import PvaReceiver
+    from cdistream.service.queue import FrameItem, FrameQueue, RunStart
 
     detector = DetectorModel(shape=(128, 128), hot_pixels=2, gap_rows=2)
     images = list(scenario_frames(Scenario("static", 0, 6, detector.shape), detector, 6))
-    name = f"cdi:test{free_port()}:image"
-    pub = PvaPublisher(name)
-    pub.wait_for_subscriber = lambda timeout: time.sleep(2) or True
-    service, sink = start_service(tiny_reconstructor, context, pub, format="pva",
-                                  series_timeout=1.0)
-    try:
-        for series in (1, 2):
-            if series == 2:  # the detector restarts: its server goes, and comes back empty
-                pub.close()
-                time.sleep(2)
-                pub = PvaPublisher(name)
-                sink.collect(timeout=30)  # the first series ends, quiet for 1 s
-                time.sleep(3)  # the monitor reconnects (and is sent the empty record)
+    empty = ntnd(np.zeros((1, 1), np.uint16), uid=0)
+    updates = [empty]  # the value when cdistream connected
+    for series in (1, 2):
+        if series == 2:
+            updates.append(empty)  # the server restarted
+        for k in range(3):
+            stamp = {"secondsPastEpoch": 1_800_000_000 + 10 * series + k, "nanoseconds": 0}
+            updates.append(ntnd(images[3 * (series - 1) + k], uid=k + 1,
+                                attrs=[("series", series)], dataTimeStamp=stamp))
+    queue, accounting = FrameQueue(100, lambda item: None), Accounting()
+    receiver = PvaReceiver(f"cdi:test{free_port()}:image", RoiConfig(), queue, accounting)
+    for pv in updates:
+        receiver._arrived(pv)  # noqa: SLF001 - pvapy's callback, without pvapy's timing
+    receiver._drain()  # noqa: SLF001
+    items = []
+    while (batch := queue.get_batch(100, 0.0, 0.1)) is not None:
+        items += batch if isinstance(batch, list) else [batch]
+    starts = [i.start.series for i in items if isinstance(i, RunStart)]
+    assert starts == [1, 2]
+    assert sum(isinstance(i, FrameItem) for i in items) == 6
+    counts = accounting.snapshot()
+    assert counts["received"] == 6 and counts["rejected"] == {}
+    assert counts["notices"] == {"pva_server_restarted": 1}
+
+
+@pytest.mark.timeout(120)
+def test_the_frame_a_channel_holds_when_cdistream_connects_is_not_a_new_one(
+    tiny_reconstructor, context
+):
+    """An idle IOC's NDPluginPva holds the last frame of its last acquisition: the monitor's
+    first update, which is no new frame and must not become a run of one stale frame."""
+    from sim_detector.pva_publisher import PvaPublisher
+
+    detector = DetectorModel(shape=(128, 128), hot_pixels=2, gap_rows=2)
+    images = list(scenario_frames(Scenario("static", 0, 4, detector.shape), detector, 4))
+    with PvaPublisher(f"cdi:test{free_port()}:image") as pub:
+        pub.send(Frame(1, 49, 1.7e9, images[0]))  # frame 50 of an acquisition long over
+        pub.wait_for_subscriber = lambda timeout: time.sleep(2) or True
+        service, sink = start_service(tiny_reconstructor, context, pub, format="pva",
+                                      series_timeout=1.0)
+        try:
             for i in range(3):
-                pub.send(Frame(series, i, 1.8e9 + 10 * series + i, images[3 * (series - 1) + i]))
+                pub.send(Frame(2, i, 1.8e9 + i, images[1 + i]))
                 time.sleep(0.05)
-        sink.collect(stops=2, timeout=60)
-    finally:
-        counts = service.stop()
-        pub.close()
-    stops = sink.of("stop")
-    assert [s["cdistream"]["reconstructed"] for s in stops] == [3, 3]
-    assert [e["data"]["frame"] for e in sink.events()] == [1, 2, 3, 1, 2, 3]
-    assert counts["received"] == 6 == counts["reconstructed"], counts
-    assert counts["notices"] == {"pva_server_restarted": 1}, counts
+            sink.collect(timeout=60)
+        finally:
+            counts = service.stop()
+    (start,) = sink.of("start")
+    assert start["detector_series"] == 2
+    assert [e["data"]["frame"] for e in sink.events()] == [1, 2, 3]
+    assert counts["received"] == 3 == counts["reconstructed"] and counts["notices"] == {}
 
 
 DET = DetectorModel((256, 256), "uint16", 2e4, seed=7)  # as `sim_detector --seed 7` makes it

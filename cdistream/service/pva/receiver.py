@@ -5,13 +5,14 @@ The monitor asks the server to queue updates (``record[queueSize=...]``: with th
 request PVA keeps only the latest value and drops frames at about 1 kHz); pvapy's callback only
 appends to a bounded deque, and this class's thread decodes, so a slow ROI never holds up
 the PVA client. Updates the deque cannot hold are counted as ``dropped_input`` rejections, and
-frames the server dropped show up as gaps in ``uniqueId``. A server's empty record (``uniqueId``
-0) is no frame: the first update of a monitor when no detector is running yet, skipped; later,
-it means the server restarted (an IOC reboot), counted as the notice ``pva_server_restarted``.
-Nor is an update that repeats the last one's ``uniqueId`` and timestamp (a monitor that
-reconnects is sent the current value again), counted as the notice ``pva_repeated_update``. A
-series ends when ``uniqueId`` goes back (a new acquisition) or after ``idle_s`` seconds without
-a frame."""
+frames the server dropped show up as gaps in ``uniqueId``. Three kinds of update are no frame:
+the first one of a monitor, which is the channel's value when it connected (the server's empty
+record, ``uniqueId`` 0, or the last frame of an acquisition that ended before cdistream
+started), skipped; the empty record after frames, which means the server restarted (an IOC
+reboot), counted as the notice ``pva_server_restarted``; an update that repeats the last one's
+``uniqueId`` and time stamps (a monitor that reconnects is sent the current value again),
+counted as the notice ``pva_repeated_update``. A series ends when ``uniqueId`` goes back (a new
+acquisition) or after ``idle_s`` seconds without a frame."""
 
 from __future__ import annotations
 
@@ -80,7 +81,7 @@ class PvaReceiver(Ingest):
         self._limit = max(4, buffer_bytes // max(max_frame_bytes, 1))
         self._updates: deque = deque()
         self._ready = threading.Condition()
-        self._updated = False  # any update with a frame number came
+        self._connected = False  # the first update, the channel's value then, came
         self._last: tuple | None = None  # the identity of the last update taken
         self._overflow = 0
         self._stop = threading.Event()
@@ -113,12 +114,16 @@ class PvaReceiver(Ingest):
         """pvapy's monitor callback. pvapy hands over one structure that it overwrites with the
         next update, so the update is decoded (and its image copied) here, then handed over."""
         with self._ready:
-            if _unique_id(pv) == 0:  # the empty record: when we connect, or the server restarted
-                if self._updated:
-                    self._noted("pva_server_restarted")
-                return
-            self._updated = True
             identity = _identity(pv)
+            if not self._connected:  # the channel's value when we connected: no new frame
+                self._connected, self._last = True, identity
+                if _unique_id(pv):
+                    log.info("%s held frame %s when cdistream connected: not taken as a new"
+                             " frame", self.channel_name, _unique_id(pv))
+                return
+            if _unique_id(pv) == 0:  # the server's empty record again: it restarted
+                self._noted("pva_server_restarted")
+                return
             if identity is not None and identity == self._last:  # never a frame, even when full
                 self._noted("pva_repeated_update")
                 return
