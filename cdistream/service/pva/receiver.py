@@ -114,14 +114,14 @@ class PvaReceiver(Ingest):
         """pvapy's monitor callback. pvapy hands over one structure that it overwrites with the
         next update, so the update is decoded (and its image copied) here, then handed over."""
         with self._ready:
-            identity = _identity(pv)
+            uid, identity = _unique_id(pv), _identity(pv)
             if not self._connected:  # the channel's value when we connected: no new frame
                 self._connected, self._last = True, identity
-                if _unique_id(pv):
+                if uid:
                     log.info("%s held frame %s when cdistream connected: not taken as a new"
-                             " frame", self.channel_name, _unique_id(pv))
+                             " frame", self.channel_name, uid)
                 return
-            if _unique_id(pv) == 0:  # the server's empty record again: it restarted
+            if uid == 0:  # the server's empty record again: it restarted
                 self._noted("pva_server_restarted")
                 return
             if identity is not None and identity == self._last:  # never a frame, even when full
