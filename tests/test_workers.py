@@ -68,8 +68,9 @@ def test_a_worker_that_keeps_dying_young_is_restarted_ever_more_slowly():
         pool.close()
 
 
-def test_a_result_that_comes_after_its_frame_was_given_up_is_dropped():
-    """A slow worker's late result, for a frame already counted lost, is not held for ever;
+def test_a_result_that_comes_after_its_frame_was_settled_is_dropped(monkeypatch):
+    """A slow worker's late result, for a frame already counted lost, is not held for ever, nor
+    is a result that comes again after it was taken (a monitor can be sent an update twice);
     one that comes in time is taken."""
     from cdistream.service.pva.pool import WorkerPool
     from cdistream.service.pva.worker import RESULT_TYPE, _pv_type, result_fields
@@ -89,10 +90,16 @@ def test_a_result_that_comes_after_its_frame_was_given_up_is_dropped():
         pool._arrived(result(7))
         pool._arrived(result(8))
         assert pool.take(7) is None and pool._results.keys() == {8}
-        assert pool.take(8)["uniqueId"] == 8 and not pool._forgotten
+        assert pool.take(8)["uniqueId"] == 8
+        pool._arrived(result(8))  # the same result again, after it was published
+        pool._arrived(result(7))  # ... and the late one again
+        assert not pool._results and pool.take(8) is None
         pool._arrived(result(9))
         pool.forget(9)  # given up on after it came: dropped at once
-        assert not pool._results and not pool._forgotten
+        assert not pool._results and list(pool._settled) == [7, 8, 9]
+        monkeypatch.setattr("cdistream.service.pva.pool.SETTLED_KEPT", 3)
+        pool.forget(10)  # the ids kept are bounded, the oldest let go
+        assert list(pool._settled) == [8, 9, 10]
     finally:
         pool.close()
 

@@ -30,7 +30,7 @@ __all__ = ["SERVER_QUEUE", "WorkerPool", "consumer_command"]
 SERVER_QUEUE = 1000  # PVA updates the server queues for each worker's monitor
 LIVED_S = 60.0  # a worker that ran this long before it exited is restarted after 1 s
 MOST_PAUSE_S = 60.0  # the longest pause before restarting a worker that keeps dying young
-FORGOTTEN = 100_000  # ids given up on whose results may still come, the newest kept
+SETTLED_KEPT = 100_000  # ids taken or given up on whose results may still come, the newest kept
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +82,9 @@ class WorkerPool:
         )
         self._lock = threading.Lock()
         self._results: dict[int, dict] = {}
-        self._forgotten: dict[int, None] = {}  # given up on, not yet back: oldest first
+        # ids taken or given up on, oldest first: a result that comes for one (a late worker's,
+        # or the same update again after a monitor reconnects) is dropped, never held
+        self._settled: dict[int, None] = {}
         self.ready: set[int] = set()
         self.processes: dict[int, subprocess.Popen] = {}
         self._args = processor_args
@@ -148,8 +150,8 @@ class WorkerPool:
             uid = fields["uniqueId"]
             if uid == 0:
                 self.ready.add(fields["worker"])
-            elif uid in self._forgotten:  # counted lost already: dropped, never held
-                del self._forgotten[uid]
+            elif uid in self._settled:
+                log.debug("result %d came again or after it was given up on: dropped", uid)
             else:
                 self._results[uid] = fields
 
@@ -170,16 +172,23 @@ class WorkerPool:
     def take(self, unique_id: int) -> dict | None:
         """The result for ``unique_id`` if a worker returned it (removed from the pool)."""
         with self._lock:
-            return self._results.pop(unique_id, None)
+            result = self._results.pop(unique_id, None)
+            if result is not None:
+                self._settle(unique_id)
+            return result
 
     def forget(self, unique_id: int) -> None:
         """The collector gave up on ``unique_id``: its result is dropped, now or when it
         comes (a slow worker's late results would otherwise be held for ever)."""
         with self._lock:
-            if self._results.pop(unique_id, None) is None:
-                self._forgotten[unique_id] = None
-                if len(self._forgotten) > FORGOTTEN:  # a dead worker's never come
-                    del self._forgotten[next(iter(self._forgotten))]
+            self._results.pop(unique_id, None)
+            self._settle(unique_id)
+
+    def _settle(self, unique_id: int) -> None:
+        """Remember ``unique_id`` as done with (the lock held); the oldest are let go."""
+        self._settled[unique_id] = None
+        if len(self._settled) > SETTLED_KEPT:
+            del self._settled[next(iter(self._settled))]
 
     def close(self) -> None:
         for channel in self._channels:
