@@ -50,11 +50,14 @@ def _unique_id(pv) -> int | None:
         return None
 
 
-def _identity(pv) -> tuple | None:
-    """What tells one NTNDArray from the next: ``uniqueId`` and the time stamps. Two frames
-    with one number (a counter reset between single-frame acquisitions) differ in time."""
+def _identity(pv, uid: int | None) -> tuple | None:
+    """What tells one NTNDArray from the next: its ``uniqueId`` (``uid``, read already) and the
+    time stamps. Two frames with one number (a counter reset between single-frame acquisitions)
+    differ in time."""
+    if uid is None:
+        return None
     try:
-        return (pv["uniqueId"], *(tuple(pv[f].values()) for f in ("dataTimeStamp", "timeStamp")))
+        return (uid, *(tuple(pv[f].values()) for f in ("dataTimeStamp", "timeStamp")))
     except Exception:
         return None
 
@@ -114,7 +117,8 @@ class PvaReceiver(Ingest):
         """pvapy's monitor callback. pvapy hands over one structure that it overwrites with the
         next update, so the update is decoded (and its image copied) here, then handed over."""
         with self._ready:
-            uid, identity = _unique_id(pv), _identity(pv)
+            uid = _unique_id(pv)
+            identity = _identity(pv, uid)
             if not self._connected:  # the channel's value when we connected: no new frame
                 self._connected, self._last = True, identity
                 if uid:
