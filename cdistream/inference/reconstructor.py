@@ -18,7 +18,7 @@ import numpy as np
 from scipy.ndimage import binary_dilation
 
 from cdistream.errors import InvalidPatternError, ModelLoadError
-from cdistream.physics import fit_ramp, phase_retrieval
+from cdistream.physics import fit_ramp, refine_cross_validated
 
 from .device import bf16_native, run_split_on_oom
 from .result import SUPPORT_THRESHOLD, Reconstruction, finish, normalise_amplitude
@@ -224,22 +224,6 @@ class Reconstructor:
         return Reconstruction.concatenate(done)
 
 
-# the refinement's schedule (shares of its iterations), chosen on the real 34-ID-C scan
-# (models/MODEL_CARD.md, "Real measurement"): HIO then ER, from the networks' support redrawn
-# once half way (shrink-wrap). There 50 iterations fit the measured patterns to 3 times the
-# photon noise's chi2 floor, where ER/HIO's 620 (shrink-wrap every 20) misfit 350 times it and
-# the networks' support kept throughout, or error reduction alone, 300 to 500 times; more
-# iterations start fitting the noise
-REFINE_HIO_SHARE = 0.6  # HIO first: it leaves the networks' basin only where the data ask
-# ... but HIO also fits noise: on the simulated sets it lowered the support IoU at 1e3 and 1e4
-# photons and under partial coherence, and raised it at 1e5 and noise-free. Patterns whose
-# brightest pixel holds fewer counts than this (or magnitudes not in counts: a maximum under
-# it) are refined by error reduction alone
-REFINE_HIO_MIN_COUNTS = 5e4
-REFINE_SIGMA = (1.5, 0.75)  # the shrink-wrap's Gaussian, pixels (1.1 at half way)
-REFINE_AVERAGE_SHARE = 0.2  # the last ER iterations averaged
-
-
 def refine_result(
     measured: np.ndarray,
     amplitude: np.ndarray,
@@ -247,41 +231,21 @@ def refine_result(
     iterations: int,
     valid: np.ndarray | None = None,
 ) -> Reconstruction:
-    """Polish raw network outputs by iterative phase retrieval started from them (ramp
-    included: it places the pattern's centre) and from their support (amplitude above the
-    threshold, dilated by one pixel); masked pixels keep their modulus free. HIO first, then
-    error reduction, the support redrawn once half way by shrink-wrap (AutoPhaseNN's recipe;
-    see ``REFINE_HIO_SHARE``), the last iterations averaged; error reduction alone for patterns
-    too faint for HIO (``REFINE_HIO_MIN_COUNTS``).
+    """Polish raw network outputs by at most ``iterations`` of error reduction started from
+    them (ramp included: it places the pattern's centre), within their support dilated by a
+    pixel, which shrink-wrap may tighten but never grow; masked pixels keep their modulus free.
+    Each frame stops where the misfit of pixels held out of the iterations is lowest
+    (:func:`cdistream.physics.refine_cross_validated`): past it the image fits the noise.
 
     Never worse than the networks by the product's own measure: a frame whose refined chi2
     exceeds the networks' keeps the networks' reconstruction."""
     amp = normalise_amplitude(amplitude)
     # dilated by a pixel: a crystal's strained rim, where its phase departs most from the
-    # core's, can lie just outside the networks' support. Undilated, the refined 34-ID-C
-    # frames agree better with ER/HIO at half maximum (median IoU 0.683 against 0.544), but
-    # the refined strain is underestimated: the strain watch of tests/test_bluesky.py stops
-    # two steps late (MODEL_CARD.md, known limits)
+    # core's, can lie just outside the networks' support (undilated, the refined strain of
+    # tests/test_bluesky.py's strain watch comes out low: MODEL_CARD.md, known limits)
     support = binary_dilation(amp > SUPPORT_THRESHOLD, structure=np.ones((1, 3, 3), bool))
-    start = amp * np.exp(1j * phase)
-    bright = (measured.reshape(len(measured), -1).max(axis=1) ** 2) >= REFINE_HIO_MIN_COUNTS
-    obj = np.empty(measured.shape, np.complex128)
-    for group, hio_share in ((bright, REFINE_HIO_SHARE), (~bright, 0.0)):
-        if not group.any():
-            continue
-        hio = int(iterations * hio_share) if iterations >= 20 else 0
-        obj[group] = phase_retrieval(
-            measured[group],
-            iterations,
-            start=start[group],
-            support=support[group],
-            hio_cycle=hio,
-            er_cycle=iterations - hio if hio else iterations,
-            shrinkwrap_every=max(iterations // 2, 1),
-            sigma=REFINE_SIGMA,
-            average_last=max(int(iterations * REFINE_AVERAGE_SHARE), 1),
-            valid=None if valid is None else valid[group],
-        )
+    obj, _ = refine_cross_validated(measured, amp * np.exp(1j * phase), support, iterations,
+                                    valid)
     out_amp = normalise_amplitude(np.abs(obj))
     ramp = fit_ramp(obj, out_amp * (out_amp > SUPPORT_THRESHOLD))
     refined = finish(measured, out_amp, np.angle(obj), valid, ramp)

@@ -18,13 +18,16 @@ from .measurement import Measurement, MeasurementRecipe, blur_intensity, measure
 from .objects import ObjectRecipe, random_object, random_objects, strain_phase
 from .oversampling import object_extent, oversampling
 from .ramp import fit_ramp, plane_fit, ramp_plane, ramp_to_offset, remove_ramp
+from .refinement import HeldOut, RefineSettings, refine_cross_validated
 
 __all__ = [
     "Comparison",
+    "HeldOut",
     "Crystal3DRecipe",
     "Measurement",
     "MeasurementRecipe",
     "ObjectRecipe",
+    "RefineSettings",
     "align",
     "autocorrelation_support",
     "blur_intensity",
@@ -50,6 +53,7 @@ __all__ = [
     "ramp_plane",
     "ramp_to_offset",
     "random_objects",
+    "refine_cross_validated",
     "remove_ramp",
     "strain_phase",
     "twin",
