@@ -60,6 +60,16 @@ def test_input_scale_does_not_matter(rec, magnitudes):
         np.testing.assert_allclose(scaled.chi2, base.chi2, rtol=1e-3, atol=1e-6)
 
 
+@pytest.mark.slow
+def test_input_scale_does_not_matter_to_the_refinement_either(rec, magnitudes):
+    """Nothing in the refinement is an absolute count: its stopping rule is a ratio."""
+    base = rec.reconstruct(magnitudes[:16], refine=50)
+    for factor in (1e3, 1e6):
+        scaled = rec.reconstruct(magnitudes[:16] * factor, refine=50)
+        assert np.abs(scaled.amplitude - base.amplitude).max() < 1e-3
+        np.testing.assert_allclose(scaled.chi2, base.chi2, rtol=1e-3, atol=1e-6)
+
+
 def test_masked_pixels_are_ignored(rec, test_set):
     """Whatever a module gap or a dead pixel holds, the result is the same."""
     m, v = test_set.magnitudes["masked_stripe"][:16], test_set.valid["masked_stripe"][:16]

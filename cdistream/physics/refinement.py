@@ -19,6 +19,7 @@ from scipy.ndimage import gaussian_filter
 __all__ = ["HeldOut", "RefineSettings", "held_out_pixels", "refine_cross_validated"]
 
 _AXES = (-2, -1)
+TIE = 1e-3  # relative: a held-out misfit lower by less is no better (see below)
 
 
 @dataclass(frozen=True)
@@ -104,6 +105,8 @@ def refine_cross_validated(
         if it % settings.check_every and it != iterations:
             continue
         misfit = _misfit(np.abs(field), modulus, held)
-        better = misfit < best_misfit
+        # a new lowest only by more than TIE: closer misfits are the same fit, and letting
+        # rounding decide between them would make the image depend on the input's scale
+        better = misfit < best_misfit * (1 - TIE)
         best[better], best_misfit[better], kept[better] = obj[better], misfit[better], it
     return scipy.fft.fftshift(best, axes=_AXES), HeldOut(kept, first, best_misfit)
