@@ -77,7 +77,8 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
         help=f"refine frames whose chi2 exceeds CHI2 (default {REFINE_ABOVE}, chosen on the"
         " independent test sets: see models/MODEL_CARD.md); off unless given",
     )
-    p.add_argument("--refine-iterations", type=int, default=REFINE_ITERATIONS)
+    p.add_argument("--refine-iterations", type=int, default=REFINE_ITERATIONS,
+                   help="at most this many iterations a refined frame, each stopped at its noise")
     p.add_argument(
         "--memory-budget",
         type=_bytes,
@@ -377,8 +378,10 @@ def main(argv: list[str] | None = None) -> None:
                    help="the rocking motor's positions from a SPEC file (default column: the"
                    " motor the scan moved), for the 3D file's rocking axis")
     r.add_argument("--refine", type=int, default=REFINE_ITERATIONS,
-                   help="refinement iterations per frame, 0 for the networks alone (default:"
-                   " %(default)s: on real data the networks alone misfit, MODEL_CARD.md)")
+                   help="at most this many refinement iterations per frame, each frame stopped at"
+                   " its noise; 0 for the networks alone (default: %(default)s: on the real"
+                   " scan the refined frames agree best with its 3D reconstruction,"
+                   " MODEL_CARD.md)")
     r.add_argument("--models", type=Path, default=None)
     r.add_argument("--roi-size", type=int, default=32)
     r.add_argument("--binning", type=int, default=1)

@@ -22,6 +22,7 @@ METHOD_NAMES = {
     "er_hio": "ER/HIO 620 (ours)",
     "cohere": "cohere-core 620",
 }
+ENGINE_NAMES = {"ours": "our", "cohere": "cohere-core's"}
 SET_TITLES = {
     "slices_3d": "Slices of 3D crystals (independent: `sim_detector.crystals3d`)",
     "training_recipe": "The training recipe itself, a fresh seed",
@@ -140,6 +141,7 @@ def _bars(metrics: dict) -> list[str]:
             rows += _flat_bars(f"{name}: ", own)
         rows.append((f"{name}: noise-free median chi2 <= 0.02", own["chi2"], own["chi2"] <= 0.02))
     rows += _real_bars(metrics.get("real"))
+    rows += _yardstick_bars(metrics.get("real"))
     lines = ["| bar | measured | met |", "|---|---|---|"]
     lines += [f"| {name} | {value:.3f} | {'yes' if ok else '**no**'} |" for name, value, ok in rows]
     return lines
@@ -163,9 +165,6 @@ def _real_bars(real: dict | None) -> list[tuple[str, float, bool]]:
         ("real scan: networks' median chi2 / ER/HIO's (<= 2)", ratio, ratio <= 2),
         ("real scan: networks' support IoU with ER/HIO >= 0.8", nn["iou_vs_er_hio_median"],
          nn["iou_vs_er_hio_median"] >= 0.8),
-        ("real scan: refined median chi2 / ER/HIO's (<= 1)",
-         refined["chi2_median"] / er["chi2_median"],
-         refined["chi2_median"] <= er["chi2_median"]),
         ("real scan: refined support IoU with ER/HIO >= 0.85", refined["iou_vs_er_hio_median"],
          refined["iou_vs_er_hio_median"] >= 0.85),
         *repeat,
@@ -177,12 +176,86 @@ def _real_bars(real: dict | None) -> list[tuple[str, float, bool]]:
     ]
 
 
+PHASE_BAR_3D = 0.25  # rad: the refined phase against the 3D slices, the whole crystal
+
+
+def _yardstick_bars(real: dict | None) -> list[tuple[str, float, bool]]:
+    """Issue 28's bars: the refined frames judged by the slices of the scan's 3D
+    reconstructions (ours and cohere-core's)."""
+    if not real or "slices_3d" not in real:
+        return []
+    nn, refined = real["methods"]["nn"], real["methods"]["nn_refine"]
+    rows = []
+    for engine, y in refined["yardstick_3d"].items():
+        name = ENGINE_NAMES[engine]
+        before = nn["yardstick_3d"][engine]["iou"]["median"]
+        after = y["iou"]["median"]
+        floor = real["slices_3d"]["chi2"][engine]["median"]
+        ratio = refined["chi2_median"] / floor
+        rows += [
+            (f"real scan: refined support IoU with {name} 3D slices >= the networks'"
+             f" ({before:.3f})", after, after >= before),
+            (f"real scan: refined phase against {name} 3D slices <= {PHASE_BAR_3D} rad (whole"
+             " crystal)", y["phase"]["median"], y["phase"]["median"] <= PHASE_BAR_3D),
+            (f"real scan: refined chi2 / {name} 3D slices' own >= 0.5", ratio, ratio >= 0.5),
+        ]
+    return rows
+
+
+def _yardstick_section(real: dict) -> list[str]:
+    """Every method judged by the slices of the scan's own 3D reconstructions."""
+    if "slices_3d" not in real or "yardstick_3d" not in real["methods"]["nn"]:
+        return []
+    sl = real["slices_3d"]
+    engines = list(real["methods"]["nn"]["yardstick_3d"])
+    names = [ENGINE_NAMES[e] for e in engines]
+    head = " | ".join(f"IoU with {n}" for n in names)
+    head += " | " + " | ".join(f"phase vs {n}, whole / core (rad)" for n in names)
+    lines = [
+        "The yardstick: the frames are planes of one crystal's 3D Bragg peak, so the scan's 3D"
+        " reconstruction implies every frame's 2D object (Fourier slice theorem). Each method's"
+        " frames are scored against the slices of ours (`cdistream reconstruct --3d`) and of"
+        " cohere-core's (best of 4 seeded starts on the very cube ours was made from): support"
+        " IoU as shrink-wrap draws it (blurred by a pixel, above 10%), twin and shift"
+        " registered; phase RMSE modulo offset and ramp over the slice's whole crystal (above"
+        " 10% of its amplitude, weighted by it) and over its half-maximum core. 2D ER/HIO and"
+        " cohere-core are peers here, not the truth.",
+        "",
+        f"| method | median chi2 | {head} |",
+        "|---|---|" + "---|" * (2 * len(engines)),
+    ]
+    rows = [(METHOD_NAMES[k], real["methods"][k]) for k in METHOD_NAMES if k in real["methods"]]
+    for label, e in rows:
+        y = e["yardstick_3d"]
+        cells = [f"{y[g]['iou']['median']:.3f}" for g in engines]
+        cells += [f"{y[g]['phase']['median']:.3f} / {y[g]['phase_core']['median']:.3f}"
+                  for g in engines]
+        lines.append(f"| {label} | {e['chi2_median']:.5f} | " + " | ".join(cells) + " |")
+    for g in engines:
+        lines.append(f"| {ENGINE_NAMES[g]} 3D slices themselves | {sl['chi2'][g]['median']:.5f} |"
+                     + " - |" * (2 * len(engines)))
+    agree = sl.get("engines_agree")
+    if agree:
+        lines += [
+            "",
+            "The two 3D references agree with each other at support IoU"
+            f" {agree['iou']['median']:.3f}, phase {agree['phase']['median']:.3f} rad over the"
+            f" whole crystal and {agree['phase_core']['median']:.3f} rad over its core: no 2D"
+            " image can be held to either more closely than that. The slices' chi2 is their"
+            " misfit to the measured frames (each pattern moved by the integer shift that fits"
+            " best): what a 3D-consistent image of this crystal reaches; a refinement far below"
+            " it fits the noise. The refinement stops where pixels held out of its iterations"
+            " are predicted best (`cdistream.physics.refinement`).",
+        ]
+    return lines + [""]
+
+
 def _real_section(real: dict | None) -> list[str]:
     """The real scan: per frame and per method."""
     if not real:
         return ["(the scan was not found beside the project when this card was written)"]
     methods = [k for k in METHOD_NAMES if k in real["methods"]]
-    lines = [
+    lines = _yardstick_section(real) + [
         f"`{real['scan']}`: the {len(real['frames'])} frames holding at least 20% of the Bragg"
         f" frame's counts (frames {real['frames'][0]} to {real['frames'][-1]}), reconstructed"
         " by `cdistream reconstruct` with the shipped defaults (32 x 32 ROI, binning 1), alone and"
@@ -443,26 +516,15 @@ def _known_limits(metrics: dict) -> list[str]:
             " networks' amplitude raised to the power that best fits the pattern, 1.2 to 1.7;"
             " float32): 3.9 times against 4.9 unfitted. With this architecture and data the"
             " networks alone fit the real pattern or draw simulated crystals right, not both."
-            + " Refined within the networks' support (50"
-            f" HIO/ER iterations, {1e3 * real['seconds_per_frame']['nn_refine']:.1f} ms a frame),"
-            f" the same frames are fit to chi2 {ref['chi2_median']:.5f} (ER/HIO"
-            f" {er['chi2_median']:.4f}): on real data publish refined results (`--refine-above`,"
-            " which the trust gate's threshold sends every such frame to; `cdistream"
-            " reconstruct` refines by default). The refinement starts from the networks' support"
-            " dilated by a pixel. Evaluated in full in float32, on a CPU without AVX512-BF16,"
-            " the refined real frames agree with ER/HIO at 0.544, not"
-            f" {ref['iou_vs_er_hio_median']:.3f} as in this card's {metrics['precision']} run:"
-            " under ER/HIO's"
-            f" {real.get('er_hio_repeat', {}).get('iou_median', float('nan')):.2f} with itself,"
-            " so the bar row above holds by less than the inference's precision moves it."
-            " Without the dilation (by hand, the same"
-            " float32 evaluation) they agree better with ER/HIO at half maximum (0.683 against"
-            " 0.544) and with the 3D slices (0.671 against 0.614), and simulated noise-free"
-            " crystals are refined to IoU 0.899 (this card: 0.888); but drawn as shrink-wrap"
-            " draws them consecutive refined real frames agree less (0.741 against 0.883),"
-            " partial coherence loses 0.011 more, and the refined strain comes out lower: the"
-            " strain watch of `tests/test_bluesky.py`, every frame refined, stopped two steps"
-            " late. The dilation stays.",
+            + " Refined (at most 50 error-reduction"
+            f" iterations, {1e3 * real['seconds_per_frame']['nn_refine']:.1f} ms a frame), the"
+            f" same frames are fit to chi2 {ref['chi2_median']:.5f} (ER/HIO"
+            f" {er['chi2_median']:.4f}, which fits below what the 3D-consistent images reach):"
+            " on real data publish refined results (`--refine-above`, which the trust gate's"
+            " threshold sends every such frame to; `cdistream reconstruct` refines by default)."
+            " The refinement starts from the networks' support dilated by a pixel: undilated,"
+            " the refined strain comes out lower (the strain watch of `tests/test_bluesky.py`,"
+            " every frame refined, stopped two steps late). The dilation stays.",
         ]
     corner = {k: v["nn"].get("corner_share") for k, v in metrics["conditions"].items()}
     if all(v is not None for v in corner.values()):
@@ -500,12 +562,19 @@ def _known_limits(metrics: dict) -> list[str]:
         " The blur removes the finest fringes' contrast, which no inversion of one pattern"
         " restores; refinement, a coherent projection, loses more (per-condition table).",
         "- Phase error grows with strain (table above).",
-        "- Refinement uses HIO only on patterns whose brightest pixel holds 5e4 counts or more"
-        " (`cdistream.inference.reconstructor.REFINE_HIO_MIN_COUNTS`): at 1e3 and 1e4 photons HIO"
-        " fitted the noise and lowered the support IoU below the networks' own (1e3: 0.74"
-        " against 0.85), error reduction alone raises it. The gate's flagged frames are mostly"
-        " the hard ones (partial coherence, saturation, 1e2 photons), which is why refining them"
-        " lowers their median IoU (section above).",
+        "- Refinement is error reduction only, within the networks' support (shrink-wrap may"
+        " tighten it, never grow it), and keeps the iterate that best predicts 5% of the"
+        " measured pixels held out of its iterations (`cdistream.physics.refinement`). The"
+        " earlier schedule (60% HIO on patterns with 5e4 counts at the brightest pixel, the"
+        " support redrawn free) fit the real scan to chi2 0.00006, 170 times below what the"
+        " scan's own 3D images reach, and drifted away from them (support IoU with their slices"
+        " 0.68 against the networks' 0.83); its HIO switch was an absolute count, so the input's"
+        " scale decided the image. Held-out pixels cannot see a model error that is smooth in"
+        " reciprocal space: under partial coherence the refined phase is still worse than the"
+        " networks' own (per-condition table); a partially coherent forward model is the next"
+        " step. The gate's flagged frames are mostly the hard ones (partial coherence,"
+        " saturation, 1e2 photons), which is why refining them lowers their median IoU"
+        " (section above).",
     ]
     return lines
 

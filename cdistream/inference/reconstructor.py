@@ -2,7 +2,7 @@
 
 Loads the sCDI/pCDI network once (Keras safe mode), runs it on the GPU when TensorFlow sees
 one and on the CPU otherwise, through one traced function per batch-size bucket so steady
-state never retraces, and optionally refines the result with a few ER/HIO iterations.
+state never retraces, and optionally refines the result by error reduction stopped at the noise.
 """
 
 from __future__ import annotations
@@ -201,8 +201,9 @@ class Reconstructor:
         (same shape, bool) marks the measured pixels, the others (gaps, dead, saturated) are
         ignored.
 
-        ``refine`` > 0 runs that many error-reduction iterations started from the networks'
-        output and support (AutoPhaseNN-style): slower, closer to the data.
+        ``refine`` > 0 runs at most that many error-reduction iterations started from the
+        networks' output and support (AutoPhaseNN-style), each frame stopped where pixels held
+        out of the iterations are predicted best: slower, closer to the data, not its noise.
         """
         m = validate_magnitudes(magnitudes, self.n)
         v = None if valid is None else np.asarray(valid, bool).reshape(m.shape)
