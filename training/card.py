@@ -578,9 +578,9 @@ def _known_limits(metrics: dict) -> list[str]:
         " went from 0.263 to 0.172 rad (networks 0.179) and IoU from 0.769 to 0.821, the other"
         " conditions and the real scan stayed as they were; but it cost five times the"
         " refinement's time (13 against 2.6 ms a frame) and crystals of 14 px and more stayed"
-        " worse than the networks' own. Not shipped. The gate's flagged frames are mostly the hard ones (partial coherence,"
-        " saturation, 1e2 photons), which is why refining them lowers their median IoU"
-        " (section above).",
+        " worse than the networks' own. Not shipped. The gate's flagged frames are mostly the"
+        " hard ones (partial coherence, saturation, 1e2 photons), which is why refining them"
+        " lowers their median IoU (section above).",
     ]
     return lines
 
