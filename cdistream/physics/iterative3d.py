@@ -109,7 +109,8 @@ def phase_retrieval_3d(
             supp = blurred > params.threshold * blurred.max()
         if it >= tail:
             total += obj
-    obj = total / max(len(steps) - tail, 1)
+    if tail < len(steps):  # average_last 0: the last iterate itself
+        obj = total / (len(steps) - tail)
     return scipy.fft.fftshift(obj)
 
 
