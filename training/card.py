@@ -219,8 +219,8 @@ def _yardstick_section(real: dict) -> list[str]:
     sl = real["slices_3d"]
     engines = list(real["methods"]["nn"]["yardstick_3d"])
     names = [ENGINE_NAMES[e] for e in engines]
-    head = " | ".join(f"IoU with {n}" for n in names)
-    head += " | " + " | ".join(f"phase vs {n}, whole / core (rad)" for n in names)
+    head = " | ".join(f"IoU with {n} 3D slices" for n in names)
+    head += " | " + " | ".join(f"phase vs {n} 3D slices, whole / core (rad)" for n in names)
     lines = [
         "The yardstick: the frames are planes of one crystal's 3D Bragg peak, so the scan's 3D"
         " reconstruction implies every frame's 2D object (Fourier slice theorem). Each method's"
@@ -250,8 +250,9 @@ def _yardstick_section(real: dict) -> list[str]:
             "",
             "The two 3D references agree with each other at support IoU"
             f" {agree['iou']['median']:.3f}, phase {agree['phase']['median']:.3f} rad over the"
-            f" whole crystal and {agree['phase_core']['median']:.3f} rad over its core: no 2D"
-            " image can be held to either more closely than that. The slices' chi2 is their"
+            f" whole crystal and {agree['phase_core']['median']:.3f} rad over its core: a bar"
+            " tighter than that asks a frame to agree with one reference better than the two"
+            " agree with each other. The slices' chi2 is their"
             " misfit to the measured frames (each pattern moved by the integer shift that fits"
             " best): what a 3D-consistent image of this crystal reaches; a refinement far below"
             " it fits the noise. The refinement stops where pixels held out of its iterations"
