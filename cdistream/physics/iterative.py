@@ -1,7 +1,7 @@
 """Iterative phase retrieval (ER/HIO with shrink-wrap), vectorised over a batch of patterns.
 
 The baseline the networks are compared with (the paper's Methods: 620 iterations, the last
-20 averaged) and the ``refine`` step that polishes a network's output.
+20 averaged).
 """
 
 from __future__ import annotations
@@ -44,8 +44,6 @@ def phase_retrieval(
     magnitudes: np.ndarray,
     iterations: int = 620,
     *,
-    start: np.ndarray | None = None,
-    support: np.ndarray | None = None,
     hio_cycle: int = 40,
     er_cycle: int = 10,
     beta: float = 0.9,
@@ -61,8 +59,9 @@ def phase_retrieval(
 
     Alternates ``hio_cycle`` HIO and ``er_cycle`` ER iterations, ending on ER for the
     averaged tail; shrink-wraps the support every ``shrinkwrap_every`` iterations with a
-    Gaussian whose width decays from ``sigma[0]`` to ``sigma[1]``. Without ``start`` the
-    phases start random and the support is the autocorrelation's; returns complex128 objects.
+    Gaussian whose width decays from ``sigma[0]`` to ``sigma[1]``. The phases start random
+    (``seed``), the support is the autocorrelation's; returns complex128 objects. (A start
+    from the networks is refined by :mod:`cdistream.physics.refinement`.)
     """
     m = np.asarray(magnitudes, dtype=np.float64)
     single = m.ndim == 2
@@ -71,18 +70,9 @@ def phase_retrieval(
     free = None
     if valid is not None:
         free = ~scipy.fft.ifftshift(np.asarray(valid, bool).reshape(m.shape), axes=_AXES)
-    if start is None:
-        rng = np.random.default_rng(seed)
-        phases = np.exp(2j * np.pi * rng.random(modulus.shape))
-        obj = _ifft(modulus * phases)
-        supp = autocorrelation_support(m) if support is None else np.asarray(support, bool)
-    else:
-        obj = np.asarray(start, dtype=np.complex128).reshape(modulus.shape)
-        # bring the guess to the measured scale (Parseval), so HIO's feedback is balanced
-        energy = (np.abs(_fft(obj)) ** 2).sum(_AXES) / np.maximum((modulus**2).sum(_AXES), 1e-30)
-        obj = obj / np.sqrt(np.maximum(energy, 1e-30))[:, None, None]
-        supp = np.abs(obj) > 0 if support is None else np.asarray(support, bool)
-    supp = supp.reshape(modulus.shape)
+    rng = np.random.default_rng(seed)
+    obj = _ifft(modulus * np.exp(2j * np.pi * rng.random(modulus.shape)))
+    supp = autocorrelation_support(m).reshape(modulus.shape)
     obj = obj * supp
     schedule = _Schedule(
         iterations,
