@@ -346,6 +346,27 @@ def _real_section(real: dict | None) -> list[str]:
             f" against the cube, cohere-core's best of 4 {v['cohere_chi2']:.4f} (ratio"
             f" {v['chi2_ratio']:.2f}); support IoU with cohere-core's {v['iou_vs_cohere']:.2f};"
             f" {v['seconds']:.1f} s here (cohere-core's 4 starts: {v['cohere_seconds']:.1f} s).",
+            "",
+            "The 3D engine held to a known truth (by hand: `python -m training.volumes --count 30"
+            " --seed 3`, about 10 minutes here; `training/volumes.py`): 30 crystals of the"
+            " independent 3D generator (`sim_detector.crystals3d`, 410 to 1,560 voxels, a"
+            " smooth displacement of up to 2 rad), each plane of its 32^3 cube a detector frame"
+            " with 1e5 photons at the brightest voxel and 0.5 dark counts a voxel, reconstructed"
+            " as `cdistream reconstruct --3d` does and by cohere-core's best of 4 on the same"
+            " cube, scored against the truth (support IoU at half maximum, phase inside it modulo"
+            " offset and ramp, twin and shift registered). The 8 starts averaged after"
+            " registration: median IoU 0.866, phase 0.066 rad, worst crystal 0.77, chi2 2.1e-4;"
+            " cohere-core's best of 4: 0.851, 0.153 rad, worst 0.71, chi2 4.4e-5; the start"
+            " kept before (the one whose support agreed best with the average): 0.835, 0.143"
+            " rad, worst 0.56, chi2 3.8e-5. The average fits the cube five times worse and is"
+            " the truest of the three: ours at least as close as cohere-core's in IoU on 23 of"
+            " the 30 crystals and in phase on 29. The averaging was chosen on 14 other crystals"
+            " (seed 7: best start by chi2 0.832 / 0.171 rad, the start kept before 0.837 /"
+            " 0.153, the average 0.867 / 0.094; the average polished by 20 ER iterations 0.843 /"
+            " 0.148, worst 0.38: fitting again undoes it). A shrink-wrap threshold of 0.15"
+            " instead of 0.1 was closer to the simulated truths too, but on the real cube 5% of"
+            " the voxels held out of the iterations are predicted twice as well at 0.1 (misfit"
+            " 0.0054 against 0.0103): the real crystal's faint rim is signal, so 0.1 stays.",
         ]
     auto = real["autocorrelation_area"]
     lines += [
