@@ -356,7 +356,7 @@ def _real_section(real: dict | None) -> list[str]:
             " cube, scored against the truth (support IoU at half maximum, phase inside it modulo"
             " offset and ramp, twin and shift registered). The better half of the 8 starts by"
             " chi2, registered and averaged: median IoU 0.871, phase 0.082 rad, worst crystal"
-            " 0.78, chi2 1.3e-4; cohere-core's best of 4: 0.851, 0.153 rad, worst 0.71, chi2"
+            " 0.78, chi2 1.4e-4; cohere-core's best of 4: 0.851, 0.153 rad, worst 0.71, chi2"
             " 4.4e-5; the start kept before (the one whose support agreed best with the"
             " starts' average): 0.835, 0.143 rad, worst 0.56, chi2 3.8e-5. The average fits the"
             " cube three times worse and is the truest of the three: at least as close as"
