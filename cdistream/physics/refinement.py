@@ -26,7 +26,8 @@ TIE = 1e-3  # relative: a held-out misfit lower by less is no better (see below)
 @dataclass(frozen=True)
 class RefineSettings:
     """How the refinement runs (defaults chosen on the 34-ID-C scan's 3D slices and the
-    independent simulated sets: ``models/MODEL_CARD.md``, "Refinement")."""
+    independent simulated sets: ``models/MODEL_CARD.md``, "Real measurement" and "Known
+    limits")."""
 
     held_out: float = 0.05  # share of the valid pixels kept out of the iterations
     check_every: int = 5  # iterations between two looks at the held-out misfit
