@@ -230,18 +230,12 @@ def slice_chi2(slices: np.ndarray, counts: np.ndarray, valid: np.ndarray,
     """The product's chi2 of the 3D reconstruction's slices against their frames: the slices'
     patterns sit where the cube aligned them, so each is moved by the integer shift (within
     ``reach`` pixels) that fits its frame best; a sub-pixel ramp is not fitted."""
-    from cdistream.physics import predicted_intensity
+    from cdistream.physics import intensity_chi2, predicted_intensity
 
     predicted = predicted_intensity(np.abs(slices), np.angle(slices))
-    measured = np.asarray(counts, np.float64) * valid
-    best = np.full(len(slices), np.inf)
-    for dr in range(-reach, reach + 1):
-        for dc in range(-reach, reach + 1):
-            p = np.roll(predicted, (dr, dc), axis=(1, 2)) * valid
-            scale = (measured * p).sum(axis=(1, 2)) / np.maximum((p**2).sum(axis=(1, 2)), 1e-300)
-            misfit = ((measured - scale[:, None, None] * p) ** 2).sum(axis=(1, 2))
-            best = np.minimum(best, misfit / np.maximum((measured**2).sum(axis=(1, 2)), 1e-300))
-    return best
+    shifts = [(dr, dc) for dr in range(-reach, reach + 1) for dc in range(-reach, reach + 1)]
+    return np.min([intensity_chi2(counts, np.roll(predicted, s, axis=(1, 2)), valid)
+                   for s in shifts], axis=0)
 
 
 def _median_list(values: np.ndarray) -> dict:

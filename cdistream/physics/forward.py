@@ -73,13 +73,21 @@ def chi2(
 ) -> np.ndarray:
     """sum((I_meas - s I_pred)^2) / sum(I_meas^2) per pattern over the ``valid`` pixels (all
     when None: masked pixels measured nothing), where ``measured`` are magnitudes at any scale
-    and s is the least-squares scale between the two intensities. Each pattern's intensities
+    and s is the least-squares scale between the two intensities."""
+    i_meas = np.asarray(measured, np.float32) ** 2
+    return intensity_chi2(i_meas, predicted_intensity(amplitude, phase), valid)
+
+
+def intensity_chi2(
+    measured: np.ndarray, predicted: np.ndarray, valid: np.ndarray | None = None
+) -> np.ndarray:
+    """:func:`chi2` of intensities (n, N, N), each at any scale. Each pattern's intensities
     are scaled to a maximum of 1 first, so float32 sums are exact enough at any photon count."""
     axes = (-2, -1)
-    i_meas = np.asarray(measured, np.float32) ** 2
-    i_pred = predicted_intensity(amplitude, phase)
+    i_meas = np.array(measured, np.float32)
+    i_pred = np.array(predicted, np.float32)
     if valid is not None:
-        i_meas = i_meas * valid
+        i_meas *= valid
         i_pred *= valid
     i_meas /= np.maximum(i_meas.max(axes, keepdims=True), 1e-30)
     i_pred /= np.maximum(i_pred.max(axes, keepdims=True), 1e-30)
