@@ -92,13 +92,14 @@ def refine_cross_validated(
     obj = obj * supp
 
     field = scipy.fft.fft2(obj, axes=_AXES)
-    first = _misfit(np.abs(field), modulus, held)
+    magnitude = np.abs(field)
+    first = _misfit(magnitude, modulus, held)
     best, best_misfit = obj.copy(), first.copy()
     kept = np.zeros(len(m), int)
     # every look to the last: the held-out misfit can plateau and fall again (a large strain
     # is learnt slowly), so stopping at the first plateau keeps too little of it
     for it in range(1, iterations + 1):
-        ratio = modulus / np.maximum(np.abs(field), _TINY)
+        ratio = modulus / np.maximum(magnitude, _TINY)
         ratio[free] = 1.0
         obj = scipy.fft.ifft2(field * ratio, axes=_AXES) * supp
         if settings.shrinkwrap_every and it % settings.shrinkwrap_every == 0:
@@ -106,9 +107,10 @@ def refine_cross_validated(
             supp = outer & (blurred > settings.threshold * blurred.max(_AXES, keepdims=True))
             obj = obj * supp
         field = scipy.fft.fft2(obj, axes=_AXES)
+        magnitude = np.abs(field)  # the next modulus step's and this look's
         if it % settings.check_every and it != iterations:
             continue
-        misfit = _misfit(np.abs(field), modulus, held)
+        misfit = _misfit(magnitude, modulus, held)
         # a new lowest only by more than TIE: closer misfits are the same fit, and letting
         # rounding decide between them would make the image depend on the input's scale
         better = misfit < best_misfit * (1 - TIE)
