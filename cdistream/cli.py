@@ -12,6 +12,7 @@ import threading
 from pathlib import Path
 
 from cdistream._version import __version__
+from cdistream.adaptation.tuning import TuneSettings
 from cdistream.files import add_calibration_args
 from cdistream.inference.gate import REFINE_ABOVE, REFINE_ITERATIONS
 from cdistream.wire.formats import FORMATS
@@ -106,6 +107,13 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
         help="--format pva: seconds without a frame that end a series (PVA has no end message)",
     )
     p.add_argument(
+        "--adapt",
+        action="store_true",
+        help="the networks learn each sample while it is measured, in a low-priority process;"
+        " a tuned model serves only when it beats the one in service on frames it never saw,"
+        " written with its provenance to ARCHIVE/models (docs/adaptation.md)",
+    )
+    p.add_argument(
         "--workers",
         type=int,
         default=0,
@@ -149,6 +157,21 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
 
 _UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20,
           "GIB": 2**30}
+
+
+def _file_input_args(p: argparse.ArgumentParser) -> None:
+    """The frames, calibration, networks and ROI of ``reconstruct`` and ``adapt``."""
+    p.add_argument("inputs", nargs="+", metavar="INPUT",
+                   help="DECTRIS master file, FILE.h5::/dataset, a cdistream archive, or a TIFF"
+                   " series: a folder, a quoted glob ('scan/*.tif') or a multi-page file")
+    add_calibration_args(p)
+    p.add_argument("--models", type=Path, default=None,
+                   help="model file or directory (default: shipped)")
+    p.add_argument("--roi-size", type=int, default=32)
+    p.add_argument("--binning", type=int, default=1)
+    p.add_argument("--min-peak", type=float, default=10.0)
+    p.add_argument("--background", type=float, default=0.0)
+    p.add_argument("--saturation", type=float, default=None)
 
 
 def _bytes(text: str) -> int:
@@ -197,6 +220,7 @@ def serve(args: argparse.Namespace) -> None:
         pva_output=args.pva_output,
         series_timeout=args.series_timeout,
         workers=args.workers,
+        adapt=args.adapt,
         spawn_workers=not args.workers_elsewhere,
         worker_prefix=args.worker_prefix,
         worker_timeout=args.worker_timeout,
@@ -242,10 +266,31 @@ def demo(args: argparse.Namespace) -> None:
         f"p99 {np.percentile(latency, 99):.1f} ms, max {latency.max():.1f} ms",
         f"against ground truth: median IoU {np.median(result.iou):.3f}, "
         f"median phase RMSE {np.median(result.phase_rmse):.3f} rad",
+        *_model_lines(result),
         f"archive: {result.archive}",
         f"figure:  {result.figure}",
     ]
     print("\n".join(lines))  # noqa: T201  (the command's result)
+
+
+def _model_lines(result) -> list[str]:
+    """Each model update of the demo, and every model's figures on the frames it served."""
+    import numpy as np
+
+    lines = [f"model {m['previous']} -> {m['version']} ({m['reason']}): median chi2 on"
+             f" {m['judged_frames']} frames it never saw {m['chi2_before']:.4f} ->"
+             f" {m['chi2_after']:.4f}" for m in result.models]
+    if not result.models:
+        lines.append("model: no update (a round needs 32 frames and about 30 s of one core;"
+                     " longer series: --frames, --rate)")
+    versions = np.array([e["data"]["model_version"] for e in result.events])
+    for version in dict.fromkeys(versions.tolist()):
+        served = versions == version
+        chi2 = np.median(np.array([e["data"]["chi2"] for e in result.events])[served])
+        lines.append(f"  served by {version}: {served.sum()} frames, median chi2 {chi2:.4f},"
+                     f" IoU {np.median(result.iou[served]):.3f}, phase RMSE"
+                     f" {np.median(result.phase_rmse[served]):.3f} rad")
+    return lines
 
 
 def bench(args: argparse.Namespace) -> None:
@@ -265,22 +310,27 @@ def bench(args: argparse.Namespace) -> None:
         plot_latency(results, args.plot)
 
 
-def reconstruct(args: argparse.Namespace) -> None:
-    from cdistream.errors import CdistreamError
+def _files_input(args: argparse.Namespace):
+    """The networks, ROI and calibration that ``reconstruct`` and ``adapt`` read files with."""
     from cdistream.files import CalibrationFiles
     from cdistream.inference import Reconstructor
-    from cdistream.offline import reconstruct_files
     from cdistream.roi import RoiConfig
     from cdistream.service.options import roi_for_model
 
+    rec = Reconstructor.load(args.models)
+    roi = roi_for_model(
+        RoiConfig(args.roi_size, args.binning, args.min_peak, args.background, args.saturation),
+        rec.n,
+    )
+    return rec, roi, CalibrationFiles(args.dark, args.flat, args.calibration_origin)
+
+
+def reconstruct(args: argparse.Namespace) -> None:
+    from cdistream.errors import CdistreamError
+    from cdistream.offline import reconstruct_files
+
     try:
-        rec = Reconstructor.load(args.models)
-        roi = roi_for_model(
-            RoiConfig(args.roi_size, args.binning, args.min_peak, args.background,
-                      args.saturation),
-            rec.n,
-        )
-        calibration = CalibrationFiles(args.dark, args.flat, args.calibration_origin)
+        rec, roi, calibration = _files_input(args)
         positions = None
         if args.spec:
             from cdistream.spec import parse_spec_spec, scan_positions
@@ -292,6 +342,22 @@ def reconstruct(args: argparse.Namespace) -> None:
     except CdistreamError as exc:
         _refuse(str(exc))
     print("\n".join(summary.lines()))  # noqa: T201  (the command's result)
+
+
+def adapt(args: argparse.Namespace) -> None:
+    from cdistream.errors import CdistreamError
+    from cdistream.offline_adapt import adapt_files
+
+    try:
+        rec, roi, calibration = _files_input(args)
+        settings = TuneSettings(steps=args.steps, seed=args.seed)
+        outcome = adapt_files(args.inputs, args.output, rec, roi, args.frames, settings,
+                              calibration)
+    except CdistreamError as exc:
+        _refuse(str(exc))
+    print("\n".join(outcome.lines()))  # noqa: T201  (the command's result)
+    if outcome.path is None:
+        raise SystemExit(1)
 
 
 def view(args: argparse.Namespace) -> None:
@@ -355,8 +421,8 @@ def main(argv: list[str] | None = None) -> None:
     _serve_args(sub.add_parser("serve", help="reconstruct a detector stream, publish documents"))
     d = sub.add_parser("demo", help="simulated detector -> service -> Bluesky, on this machine")
     d.add_argument("--out", type=Path, default=Path("demo_output"))
-    d.add_argument("--frames", type=int, default=120)
-    d.add_argument("--rate", type=float, default=40.0)
+    d.add_argument("--frames", type=int, default=200)
+    d.add_argument("--rate", type=float, default=4.0)
     d.add_argument("--scenario", default="operando")
     d.add_argument("--seed", type=int, default=0)
     b = sub.add_parser("bench", help="measure speed and memory on this machine")
@@ -367,10 +433,7 @@ def main(argv: list[str] | None = None) -> None:
     b.add_argument("--workers", default=None, metavar="N,M",
                    help="only the scale-out: saturated throughput with N, M ... PVA workers")
     r = sub.add_parser("reconstruct", help="reconstruct frames saved in files (HDF5, TIFF)")
-    r.add_argument("inputs", nargs="+", metavar="INPUT",
-                   help="DECTRIS master file, FILE.h5::/dataset, a cdistream archive, or a TIFF"
-                   " series: a folder, a quoted glob ('scan/*.tif') or a multi-page file")
-    add_calibration_args(r)
+    _file_input_args(r)
     r.add_argument("--output", type=Path, required=True, help="the NeXus file to write (new)")
     r.add_argument("--3d", dest="volume", action="store_true",
                    help="also reconstruct the rocking scan in 3D, into OUTPUT_volume.h5")
@@ -382,13 +445,17 @@ def main(argv: list[str] | None = None) -> None:
                    " its noise; 0 for the networks alone (default: %(default)s: on the real"
                    " scan the refined frames agree best with its 3D reconstruction,"
                    " MODEL_CARD.md)")
-    r.add_argument("--models", type=Path, default=None)
-    r.add_argument("--roi-size", type=int, default=32)
-    r.add_argument("--binning", type=int, default=1)
-    r.add_argument("--min-peak", type=float, default=10.0)
-    r.add_argument("--background", type=float, default=0.0)
-    r.add_argument("--saturation", type=float, default=None)
     r.add_argument("--no-progress", action="store_true")
+    a = sub.add_parser("adapt", help="tune the networks on frames saved in files (one sample)")
+    _file_input_args(a)
+    a.add_argument("--output", type=Path, required=True,
+                   help="the model file to write (.keras; its provenance beside, .json)")
+    a.add_argument("--frames", default="all", metavar="all|even|odd|FIRST:LAST",
+                   help="the frames to learn from: 3 of every 4 tune, the 4th judges (default:"
+                   " all)")
+    a.add_argument("--steps", type=int, default=TuneSettings.steps, help="tuning steps (default:"
+                   " %(default)s)")
+    a.add_argument("--seed", type=int, default=0)
     v = sub.add_parser("view", help="a live window on the feedback channel")
     v.add_argument("--feedback", default="tcp://127.0.0.1:5577", help="the service's feedback")
     v.add_argument("--save", type=Path, default=None, help="off-screen: write this PNG and exit")
@@ -420,5 +487,6 @@ def main(argv: list[str] | None = None) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     commands = {"serve": serve, "demo": demo, "bench": bench, "keys": keys,
-                "reconstruct": reconstruct, "view": view, "view-3d": view_3d, "worker": worker}
+                "reconstruct": reconstruct, "adapt": adapt, "view": view, "view-3d": view_3d,
+                "worker": worker}
     commands[args.command](args)

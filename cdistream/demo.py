@@ -1,7 +1,8 @@
 """``cdistream demo``: the whole loop on one machine. The simulated detector streams an operando
-series over ZeroMQ, the service reconstructs it with the shipped models, and a real Bluesky
-RemoteDispatcher prints a live table; ends with an HDF5 archive, a PNG against ground truth
-and a summary of counts and latency."""
+series over ZeroMQ, the service reconstructs it with the shipped models, learning the series
+as it goes (``serve --adapt``), and a real Bluesky RemoteDispatcher prints a live table; ends
+with an HDF5 archive, a PNG against ground truth and a summary of counts, latency and the
+model updates."""
 
 from __future__ import annotations
 
@@ -33,12 +34,15 @@ class DemoResult:
     figure: Path | None = None
     iou: np.ndarray | None = None
     phase_rmse: np.ndarray | None = None
+    models: list[dict] = field(default_factory=list)  # the ``model`` stream: each change
 
     def collect(self, name: str, doc: dict) -> None:
         if name == "start":
             self.start = doc
         elif name == "event" and "amplitude" in doc["data"]:
             self.events.append(doc)
+        elif name == "event" and "previous" in doc["data"]:
+            self.models.append(doc["data"])
         elif name == "stop":
             self.stop = doc
 
@@ -50,8 +54,10 @@ def run_demo(
     scenario: str = "operando",
     seed: int = 0,
     table: bool = True,
+    adapt: bool = True,
 ) -> DemoResult:
-    """Run detector -> service -> Bluesky consumer for one series; write results to ``out``."""
+    """Run detector -> service -> Bluesky consumer for one series; write results to ``out``.
+    With ``adapt`` the networks learn the series while it streams (``serve --adapt``)."""
     from cdistream.simulator import DetectorModel, DetectorPublisher, Scenario, scenario_frames
 
     out.mkdir(parents=True, exist_ok=True)
@@ -62,11 +68,13 @@ def run_demo(
     if table:
         callbacks.append(
             LiveTable(
-                ["frame", "chi2", "peak_row", "peak_col", "phase_std", "latency"], default_prec=3
+                ["frame", "chi2", "peak_row", "peak_col", "phase_std", "latency", "model_version"],
+                default_prec=3,
             )
         )
     with DetectorPublisher("tcp://127.0.0.1:*") as pub:
-        config = ServiceConfig(input=pub.address, feedback="tcp://127.0.0.1:*", archive=out)
+        config = ServiceConfig(input=pub.address, feedback="tcp://127.0.0.1:*", archive=out,
+                               adapt=adapt)
         with (
             Service(config) as service,
             RemoteConsumer(service.feedback.address, callbacks) as consumer,

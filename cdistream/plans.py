@@ -8,7 +8,9 @@ detector first, so the monitor waits for the frame the detector just took).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Generator, Sequence
+from concurrent.futures import Future
 from typing import Any
 
 import bluesky.plan_stubs as bps
@@ -17,7 +19,7 @@ import bluesky.preprocessors as bpp
 
 from cdistream.bluesky.monitor import ReconstructionMonitor
 
-__all__ = ["rocking_scan", "strain_watch", "track_peak"]
+__all__ = ["rocking_scan", "strain_watch", "track_peak", "wait_for_model_update"]
 
 
 def rocking_scan(
@@ -164,3 +166,18 @@ def strain_watch(
         return None
 
     return (yield from inner())
+
+
+def wait_for_model_update(recon: ReconstructionMonitor, timeout: float = 300.0) -> Generator:
+    """Wait, inside a plan, until ``cdistream serve --adapt`` next changes the networks it
+    serves with (a round's model accepted, back to the shipped model, a learnt one recognised);
+    rounds start by themselves every 32 frames of a series. Returns the change (the ``model``
+    event's data: version, reason, chi2 before and after); raises
+    :class:`cdistream.bluesky.ReconstructionTimeout` after ``timeout`` seconds."""
+    status = recon.model_update(timeout)
+    done: Future = Future()
+    status.add_callback(lambda st: done.done() or done.set_result(st))
+    yield from bps.wait_for([lambda: asyncio.wrap_future(done)])
+    if status.exception() is not None:
+        raise status.exception()
+    return recon.last_model_update

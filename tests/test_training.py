@@ -11,6 +11,14 @@ import pytest
 from keras import ops
 
 from cdistream import Reconstructor
+from cdistream.adaptation.losses import (
+    amplitude_misfit,
+    cdi_loss,
+    intensity_misfit,
+    outside_support,
+    reciprocal_misfit,
+    twin_targets,
+)
 from cdistream.physics import (
     Crystal3DRecipe,
     centre_of_mass,
@@ -20,14 +28,6 @@ from cdistream.physics import (
     twin,
 )
 from training.dataset import Batches, drawn_with, generate, load
-from training.losses import (
-    amplitude_misfit,
-    cdi_loss,
-    intensity_misfit,
-    outside_support,
-    reciprocal_misfit,
-    twin_targets,
-)
 from training.train import TrainConfig, train
 
 N = 32
@@ -219,7 +219,7 @@ def test_a_second_stage_starts_from_the_first(tiny, tmp_path):
 
     text = " ".join(_polish_lines(summary, None))
     for term in ("outside_support", "amplitude_misfit", "intensity_misfit"):
-        assert f"`training.losses.{term}`" in text
+        assert f"`cdistream.adaptation.losses.{term}`" in text
     from cdistream.inference import model as _registers_layers  # noqa: F401
 
     a = keras.saving.load_model(first, compile=False, safe_mode=True).get_weights()

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .card_adaptation import adaptation_section
 from .holdout import BIN_LABELS, CONDITIONS
 
 __all__ = ["write_card"]
@@ -524,7 +525,8 @@ def _known_limits(metrics: dict) -> list[str]:
             " target's support only (weight 10) draws the real crystal at 40 px but inside a wider"
             " faint halo (157 px above 10% of the maximum; the shipped networks 128, the 3D"
             " slices 111), misfitting it 10.1 times after four epochs and 7.8 after twelve. Over"
-            " the whole window divided by the crystal's area (`training.losses.amplitude_misfit`,"
+            " the whole window divided by the crystal's area"
+            " (`cdistream.adaptation.losses.amplitude_misfit`,"
             " off in `make models`: `AMPLITUDE_WEIGHT`), without the chi2 term, twelve epochs: the"
             " halo is gone, and the amplitude alone (with the 3D slices' phase) and the phase"
             " alone (with their amplitude) each fit those slices better than the shipped"
@@ -650,12 +652,13 @@ def _polish_lines(summary: dict, recipe_3d: dict | None) -> list[str]:
         " 3 rad from the core's; displacement phases up to 3 pi), same detector conditions;"
         f" {len(summary['history'])} epochs, AdamW {summary['learning_rate']} with cosine decay,"
         f" amplitude outside the target's support weighted {summary['support_weight']}"
-        " (`training.losses.outside_support`)"
+        " (`cdistream.adaptation.losses.outside_support`)"
         + (f", the amplitude's L1 over the window by the crystal's area weighted"
-           f" {summary['amplitude_weight']} (`training.losses.amplitude_misfit`)"
+           f" {summary['amplitude_weight']} (`cdistream.adaptation.losses.amplitude_misfit`)"
            if summary.get("amplitude_weight") else "")
         + (f" and the product's chi2 of the prediction weighted {summary['intensity_weight']}"
-           " (`training.losses.intensity_misfit`)" if summary.get("intensity_weight") else "")
+           " (`cdistream.adaptation.losses.intensity_misfit`)"
+           if summary.get("intensity_weight") else "")
         + f", seed {summary['seed']};"
         f" {summary['train_seconds'] / 60:.0f} min; best epoch {best['epoch']} (validation loss"
         f" {best['val_loss']:.4f}) kept. The command keeps stage 1's networks"
@@ -665,6 +668,12 @@ def _polish_lines(summary: dict, recipe_3d: dict | None) -> list[str]:
     if recipe_3d:
         lines.append(f"  Stage 2's 3D recipe: `{json.dumps(recipe_3d)}`")
     return lines
+
+
+def _live_adaptation(out: Path) -> dict | None:
+    """``adaptation_live.json`` beside the card (:mod:`training.adaptation_live`), if any."""
+    path = Path(out) / "adaptation_live.json"
+    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def write_card(
@@ -773,6 +782,7 @@ def write_card(
         "",
         *_real_section(metrics.get("real")),
         "",
+        *adaptation_section(metrics.get("adaptation"), _live_adaptation(out)),
         "## Per condition (flat crystals, independent)",
         "",
         *_condition_table(metrics),

@@ -256,6 +256,9 @@ def evaluate_and_card(
                                                  out / "real.png")
         if cohere_available():
             metrics["real"]["volume"] = realdata.evaluate_volume(model_path, scan)
+        from .adaptation import evaluate_adaptation
+
+        metrics["adaptation"] = evaluate_adaptation(scan, model_path)
     else:
         log.warning("no real scan at %s: the card's real-data section stays empty", scan)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))

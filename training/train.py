@@ -3,8 +3,8 @@
 Backend-neutral Keras 3 (``keras.ops`` loss, ``Model.fit``): the same recipe trains on the CPU
 with TensorFlow (the shipped models) and on a GPU with JAX (exploration). Mixed bfloat16
 precision where the CPU computes it natively (1.8x), AdamW with a warm-up and cosine decay, the
-ambiguity-aware loss of :mod:`training.losses`, detector conditions drawn afresh for every
-batch, validation each epoch, the best epoch kept and saved in float32.
+ambiguity-aware loss of :mod:`cdistream.adaptation.losses`, detector conditions drawn afresh
+for every batch, validation each epoch, the best epoch kept and saved in float32.
 """
 
 from __future__ import annotations
@@ -19,11 +19,11 @@ import keras
 import numpy as np
 from keras import ops
 
+from cdistream.adaptation.losses import cdi_loss
 from cdistream.inference.model import build_cdi_nn
 from cdistream.physics import MeasurementRecipe
 
 from .dataset import Batches, CrystalSet
-from .losses import cdi_loss
 
 __all__ = ["TrainConfig", "train"]
 

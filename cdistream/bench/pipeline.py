@@ -95,6 +95,7 @@ class _Consumer(threading.Thread):
         self.sock.setsockopt(zmq.SUBSCRIBE, b"")
         self.sock.connect(address)
         self.latency: list[float] = []
+        self.received: list[float] = []  # when each event's latency was taken
         self.refined = self.untrusted_unrefined = 0
         self.first = self.last = None
         self.stop_doc: dict | None = None
@@ -110,6 +111,7 @@ class _Consumer(threading.Thread):
                 doc = unpackb(payload)
                 if "frame" in doc["timestamps"] and "chi2" in doc["data"]:
                     self.latency.append(now - doc["timestamps"]["frame"])
+                    self.received.append(now)
                     self.refined += bool(doc["data"].get("refined"))
                     self.untrusted_unrefined += not (
                         doc["data"].get("refined") or doc["data"].get("trusted", True)
@@ -132,12 +134,17 @@ def end_to_end(
     refine_above: float | None = None,
     scenario: str = "static",
     workers: int = 0,
+    adapt: bool = False,
+    window: tuple[float, float] | None = None,
 ) -> dict:
     """One series through detector -> service -> consumer. Without ``rate`` the detector
     pushes as fast as the pipeline takes (PUSH/PULL back-pressure, nothing lost); with a rate
     it publishes on PUB/SUB like a live detector and the service drops under overload.
     ``refine_above``: the trust gate's threshold, as ``serve --refine-above``; ``workers``:
-    reconstruct in that many worker processes over PVA, as ``serve --workers``."""
+    reconstruct in that many worker processes over PVA, as ``serve --workers``; ``adapt``: as
+    ``serve --adapt``, the result then says while which seconds (from the first event) a round
+    was tuning, and the latency is that of the frames received meanwhile. ``window`` (seconds
+    from the first event): the latency of the frames received within it only."""
     socket = "pub" if rate else "push"
     with _detector(frames, rate, socket, shape, scenario=scenario) as (address, _):
         config = ServiceConfig(
@@ -149,17 +156,26 @@ def end_to_end(
             status_interval=3600,
             refine_above=refine_above,
             workers=workers,
+            adapt=adapt,
         )
         service = Service(config, rec)
         consumer = _Consumer(service.feedback.address)
         consumer.start()
         service.start()
         service.feedback.wait_for_subscribers(1, 10)
+        tuning = _tuning_seconds(service, consumer) if adapt else None
         consumer.done.wait(timeout=600)
         service.stop()
+        if tuning is not None:
+            tuning.join()
     counts = consumer.stop_doc["cdistream"] if consumer.stop_doc else service.accounting.snapshot()
     lat = np.array(consumer.latency) * 1e3
     span = (consumer.last - consumer.first) if consumer.first and consumer.last else float("nan")
+    if adapt:
+        window = tuning.span
+    if window is not None and consumer.first:
+        t = np.array(consumer.received) - consumer.first
+        lat = lat[(t >= window[0]) & (t <= window[1])]
     return {
         "frames": frames,
         "rate_asked": rate,
@@ -174,7 +190,31 @@ def end_to_end(
             "p99": float(np.percentile(lat, 99)) if len(lat) else float("nan"),
             "max": float(lat.max()) if len(lat) else float("nan"),
         },
+        **({"tuning_s": tuning.span, "rounds": service.adapter.rounds} if adapt else {}),
     }
+
+
+class _Tuning(threading.Thread):
+    """Samples, every 50 ms, whether the service's adapter is tuning; ``span``: the first and
+    last second (from the first event) it was."""
+
+    def __init__(self, service: Service, consumer: _Consumer):
+        super().__init__(daemon=True)
+        self.service, self.consumer = service, consumer
+        self.span: tuple[float, float] | None = None
+
+    def run(self) -> None:
+        while not self.consumer.done.is_set():
+            if self.service.adapter.tuning and self.consumer.first:
+                now = time.time() - self.consumer.first
+                self.span = (self.span[0] if self.span else now, now)
+            time.sleep(0.05)
+
+
+def _tuning_seconds(service: Service, consumer: _Consumer) -> _Tuning:
+    tuning = _Tuning(service, consumer)
+    tuning.start()
+    return tuning
 
 
 def _split_cpus() -> tuple[set[int], set[int]]:

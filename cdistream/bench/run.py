@@ -102,6 +102,7 @@ def run_bench(quick: bool = False, models: Path | None = None) -> dict:
         run["fraction"] = fraction
         run["p99_bound_ms"] = 2 * (MAX_WAIT + batch_ms)
         results["latency"].append(run)
+    results["adapt"] = _adapt_runs(rec, capacity, quick)
     results["refine"] = _refine_runs(rec, scale, quick)
     log.info("ingest alone")
     frames, passes = int(5000 * scale) + 500, 1 if quick else 3
@@ -141,6 +142,22 @@ def run_scaleout(workers: list[int], quick: bool = False, models: Path | None = 
     for run in results["workers"].values():
         run["scaling_vs_1"] = run["frames_per_s"] / one if one else None
     return results
+
+
+def _adapt_runs(rec: Reconstructor, capacity: float, quick: bool) -> dict:
+    """At half the capacity: the latency while an adaptation round tunes (``serve --adapt``),
+    and that of the same seconds of the same stream without it."""
+    rate = 0.5 * capacity
+    frames = int(rate * (12 if quick else 50))
+    log.info("latency at %.0f frames/s while the networks adapt, and without", rate)
+    adapting = end_to_end(rec, frames, rate, max_batch=MAX_BATCH, max_wait_ms=MAX_WAIT,
+                          adapt=True)
+    plain = end_to_end(rec, frames, rate, max_batch=MAX_BATCH, max_wait_ms=MAX_WAIT,
+                       window=adapting["tuning_s"])
+    rounds = [r for r in adapting.pop("rounds") if r.get("kind") == "round"]
+    return {"rate": rate, "adapting": adapting, "plain": plain,
+            "p99_ratio": adapting["latency_ms"]["p99"] / plain["latency_ms"]["p99"],
+            "round_cpu_s": [r["tune_cpu_seconds"] for r in rounds]}
 
 
 def _refine_runs(rec: Reconstructor, scale: float, quick: bool) -> dict:
@@ -204,6 +221,17 @@ def format_table(r: dict) -> str:
         f" {lat['p99']:.1f} ms (bar {half['p99_bound_ms']:.0f}), {half['refined']} refined,"
         f" {half['above_threshold_unrefined']} above the threshold left unrefined,"
         f" dropped {half['dropped']}",
+    ]
+    a = r["adapt"]
+    on, off = a["adapting"], a["plain"]
+    span = on["tuning_s"]
+    lines += [
+        f"with --adapt at 50% of capacity ({a['rate']:.0f}/s), while a round tuned"
+        + (f" ({span[1] - span[0]:.0f} s)" if span else " (none did: no figure)")
+        + f": p99 {on['latency_ms']['p99']:.1f} ms against {off['latency_ms']['p99']:.1f} ms"
+        f" in the same seconds without --adapt (x{a['p99_ratio']:.2f}, bar 1.2), dropped"
+        f" {on['dropped']} / {off['dropped']}; rounds took"
+        f" {', '.join(f'{s:.0f}' for s in a['round_cpu_s']) or 'no'} s of CPU",
     ]
     raw, bslz4 = r["ingest"]["raw_uint16_512"], r["ingest"]["bslz4_uint16_512"]
     lines.append(

@@ -58,6 +58,7 @@ class ReconstructionMonitor(Device):
     peak_offset_col = Cpt(Signal, value=0.0, kind=Kind.normal)
     trusted = Cpt(Signal, value=False, kind=Kind.normal)
     refined = Cpt(Signal, value=False, kind=Kind.normal)
+    model_version = Cpt(Signal, value="", kind=Kind.normal)  # the networks that made it
     amplitude = Cpt(Signal, value=np.zeros((32, 32), np.float32), kind=Kind.normal)
     phase = Cpt(Signal, value=np.zeros((32, 32), np.float32), kind=Kind.normal)
     timeout = Cpt(Signal, value=10.0, kind=Kind.config)
@@ -74,6 +75,7 @@ class ReconstructionMonitor(Device):
         "peak_offset_col",
         "trusted",
         "refined",
+        "model_version",
     )
 
     def __init__(
@@ -95,6 +97,8 @@ class ReconstructionMonitor(Device):
         self._newest = -1
         self.ignored = 0  # foreign or malformed documents seen on the channel
         self._waiting: list[tuple[int | None, int, DeviceStatus]] = []
+        self.last_model_update: dict | None = None  # the newest ``model`` event's data
+        self._model_waiting: list[DeviceStatus] = []
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._ctx = zmq.Context.instance()
@@ -136,6 +140,8 @@ class ReconstructionMonitor(Device):
                 self._arrived(run, doc["data"])
             elif stream == "rejected":
                 self._refused(run, int(doc["data"]["frame"]), str(doc["data"]["reason"]))
+            elif stream == "model":
+                self._model_changed(doc["data"])
             else:
                 raise ValueError(f"an event of a stream this device does not read: {stream}")
 
@@ -169,6 +175,35 @@ class ReconstructionMonitor(Device):
             self._waiting = [w for w in self._waiting if w not in failed]
         for _, _, status in failed:
             _fail(status, FrameRejected(frame, reason))
+
+    def _model_changed(self, data: dict) -> None:
+        with self._lock:
+            self.last_model_update = dict(data)
+            waiting, self._model_waiting = self._model_waiting, []
+        for status in waiting:
+            if not status.done:
+                status.set_finished()
+
+    def model_update(self, timeout: float) -> DeviceStatus:
+        """A status that finishes when the service next changes the networks it serves with
+        (``serve --adapt``: a round's model accepted, a series back on the shipped model, a
+        learnt model recognised); :attr:`last_model_update` then says which and why. Fails
+        with :class:`ReconstructionTimeout` after ``timeout`` seconds."""
+        status = DeviceStatus(self)
+        with self._lock:
+            self._model_waiting.append(status)
+
+        def expire() -> None:
+            with self._lock:
+                self._model_waiting = [s for s in self._model_waiting if s is not status]
+            _fail(status, ReconstructionTimeout(
+                f"{self.name}: no model update from {self.address} within {timeout:g} s"))
+
+        timer = threading.Timer(timeout, expire)
+        timer.daemon = True
+        timer.start()
+        status.add_callback(lambda st: timer.cancel())
+        return status
 
     def _show(self, data: dict) -> None:
         for key in self._SCALARS:
@@ -225,6 +260,8 @@ def _stream_of(data: dict) -> str:
         return "primary"
     if data.keys() == {"frame", "reason"}:
         return "rejected"
+    if {"version", "previous", "reason"} <= data.keys():
+        return "model"
     return "foreign"
 
 

@@ -23,6 +23,7 @@ from cdistream.physics import fit_ramp, refine_cross_validated
 from .device import bf16_native, run_split_on_oom
 from .result import SUPPORT_THRESHOLD, Reconstruction, finish, normalise_amplitude
 from .tf import tensorflow
+from .version import digest, version_of
 
 __all__ = ["BUCKETS", "MODEL_FILE", "Reconstructor", "default_model_path"]
 
@@ -113,7 +114,9 @@ class Reconstructor:
         if precision not in ("float32", "bfloat16"):
             raise ValueError(f"precision {precision!r}: float32, bfloat16 or auto")
         self.precision = precision
+        self._source_model = model
         self._model = _in_bfloat16(model) if precision == "bfloat16" else model
+        self.version = f"unsaved-{digest(model.get_weights())}"  # load() names it
         self.source = source
         self.n = int(model.inputs[0].shape[1])
         self.trace_count = 0  # grows only while tracing: a test guard against retracing
@@ -154,7 +157,39 @@ class Reconstructor:
         except Exception as exc:  # keras raises many types; callers need one
             raise ModelLoadError(f"cannot load {path}: {exc}") from exc
         log.info("loaded %s", path)
-        return cls(model, str(path), precision)
+        rec = cls(model, str(path), precision)
+        rec.version = version_of(path, model.get_weights(), default_model_path())
+        return rec
+
+    @property
+    def model(self):
+        """The keras model as loaded (float32), whatever precision computes."""
+        return self._source_model
+
+    def copy(self) -> Reconstructor:
+        """Another reconstructor over a copy of these networks (same weights, version and
+        precision), whose weights change independently."""
+        import keras
+
+        model = keras.models.clone_model(self._source_model)
+        model.set_weights(self._source_model.get_weights())
+        twin = Reconstructor(model, self.source, self.precision)
+        twin.version = self.version
+        return twin
+
+    def weights(self) -> list[np.ndarray]:
+        """The networks' weights, copied."""
+        return [np.array(w) for w in self._source_model.get_weights()]
+
+    def use_weights(self, weights: list[np.ndarray], version: str | None = None) -> None:
+        """Compute with ``weights`` (same architecture) from the next call on: assigned to the
+        traced functions' own variables, so nothing retraces. Not while another thread
+        predicts (the service swaps between micro-batches)."""
+        self._source_model.set_weights(weights)
+        if self._model is not self._source_model:
+            self._model.set_weights(weights)
+        if version is not None:
+            self.version = version
 
     def warm_up(self) -> None:
         """Trace and run every bucket once, so the first real frame pays no compile cost."""

@@ -18,6 +18,7 @@ from cdistream.roi import Crop
 __all__ = [
     "ARCHIVED",
     "ARCHIVE_KEYS",
+    "MODEL_KEYS",
     "RECON_KEYS",
     "REJECTED_KEYS",
     "VOLUME_KEYS",
@@ -59,10 +60,19 @@ def RECON_KEYS(n: int) -> dict[str, dict]:  # noqa: N802 (a table, named like a 
         "refined": _scalar("boolean"),
         "trusted": _scalar("boolean"),
         "latency": _scalar("number", "s"),
+        "model_version": _scalar("string"),
     }
 
 
 REJECTED_KEYS = {"frame": _scalar("integer"), "reason": _scalar("string")}
+
+# the ``model`` stream: one event per change of the networks in service (serve --adapt)
+MODEL_KEYS = {
+    "version": _scalar("string"), "previous": _scalar("string"), "reason": _scalar("string"),
+    "chi2_before": _scalar("number"), "chi2_after": _scalar("number"),
+    "chi2_shipped": _scalar("number"), "judged_frames": _scalar("integer"),
+    "tuned_frames": _scalar("integer"), "file": _scalar("string"),
+}
 
 # the arrays of the ``archive`` stream, in the run's NeXus file (external: StreamDatum)
 ARCHIVED = {"amplitude": "/entry/data/amplitude", "phase": "/entry/data/phase"}
@@ -117,6 +127,7 @@ class RunComposer:
         self.descriptor: EventDescriptor = self._primary.descriptor_doc
         emit("descriptor", self.descriptor)
         self._rejected = None
+        self._model = None  # the ``model`` stream, at its first change
         self._archive = None  # (descriptor bundle, {name: stream resource bundle})
         self._archived = 0
         self.events = 0
@@ -127,9 +138,11 @@ class RunComposer:
         result: Reconstruction,
         refined: np.ndarray,
         trusted: np.ndarray,
+        model_versions: list[str] | None = None,
     ) -> list[Event]:
         """One event per frame of a batch: (frame number, detector timestamp, crop, positions)
-        each, and per frame whether the trust gate refined it and whether it is trusted."""
+        each, per frame whether the trust gate refined it, whether it is trusted, and the
+        version of the networks that made it."""
         events = []
         # per-frame statistics for the whole batch at once: the phase's mean and spread on the
         # support weighted by amplitude, so that the faint edge, whose phase the data hardly
@@ -161,6 +174,7 @@ class RunComposer:
                 "refined": bool(refined[k]),
                 "trusted": bool(trusted[k]),
                 "latency": now - stamp,
+                "model_version": model_versions[k] if model_versions else "",
             }
             for motor, key in self._motors.items():
                 data[key] = positions.get(motor, float("nan"))
@@ -244,6 +258,18 @@ class RunComposer:
         event = self._rejected.compose_event(
             data=data, timestamps=dict.fromkeys(data, now), time=now, validate=False
         )
+        self._emit("event", event)
+        return event
+
+    def model_changed(self, data: dict) -> Event:
+        """Publish that the networks in service changed (:data:`MODEL_KEYS`): from the next
+        event on, ``model_version`` names ``data["version"]``."""
+        if self._model is None:
+            self._model = self._bundle.compose_descriptor(name="model", data_keys=MODEL_KEYS)
+            self._emit("descriptor", self._model.descriptor_doc)
+        now = time.time()
+        event = self._model.compose_event(data=data, timestamps=dict.fromkeys(data, now),
+                                          time=now)
         self._emit("event", event)
         return event
 

@@ -59,6 +59,11 @@ def checked(config):
         raise ConfigError(f"--series-timeout {config.series_timeout}: must be above 0")
     if config.refine_iterations < 1:
         raise ConfigError(f"--refine-iterations {config.refine_iterations}: at least 1")
+    if config.adapt and config.workers:
+        raise ConfigError(
+            "--adapt with --workers: the PVA workers do not load adapted networks yet; adapt"
+            " in-process (no --workers)"
+        )
     if config.archive is not None:
         _writable(Path(config.archive))
     if config.curve_keys is not None and not os.path.isdir(config.curve_keys):

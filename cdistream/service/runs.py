@@ -109,19 +109,25 @@ class RunWriter:
             self.current.composer.rejection(rejection.frame, rejection.reason)
 
     def reconstructions(
-        self, batch: list[FrameItem], result: Reconstruction, refined, trusted
+        self, batch: list[FrameItem], result: Reconstruction, refined, trusted,
+        model_versions: list[str] | None = None,
     ) -> None:
         """The batch's events, when its run is the open one."""
         current = self._current(batch[0].run)
         if current is not None:
             frames = [(i.frame, i.timestamp, i.crop, i.positions) for i in batch]
-            current.composer.reconstructions(frames, result, refined, trusted)
+            current.composer.reconstructions(frames, result, refined, trusted, model_versions)
             if current.collector is not None:
                 for item in batch:
                     crop = item.crop
                     motor = next(iter(item.positions.values()), float("nan"))
                     current.collector.add(item.frame, crop.counts, crop.valid,
                                           (crop.peak_row, crop.peak_col), motor)
+
+    def model_changed(self, data: dict) -> None:
+        """The networks in service changed: said in the open run's ``model`` stream."""
+        if self.current is not None:
+            self.current.composer.model_changed(data)
 
     def archive(self, batch: list[FrameItem], result: Reconstruction, refined, trusted) -> None:
         """Archive a published batch; a failure is counted per frame as ``archive_failed``

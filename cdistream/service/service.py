@@ -14,6 +14,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import zmq
@@ -41,6 +42,9 @@ from .receiver import DEFAULT_MAX_FRAME_BYTES, Receiver
 from .runs import RunWriter
 from .security import Curve, is_loopback
 from .volumes import VolumeWorker
+
+if TYPE_CHECKING:
+    from .adaptation import Adapter
 
 __all__ = ["Service", "ServiceConfig", "returned_results"]
 
@@ -83,6 +87,7 @@ class ServiceConfig:
     spawn_workers: bool = True  # start the workers here; False: they run elsewhere
     worker_prefix: str | None = None  # PVA channel prefix of the workers; None: cdistream:PID
     worker_timeout: float = 10.0  # seconds before a frame out at a worker counts as lost
+    adapt: bool = False  # the networks learn the sample in front of the beam (service.adaptation)
 
 
 def returned_results(returned: list[dict]) -> tuple[Reconstruction, np.ndarray]:
@@ -154,15 +159,30 @@ class Service:
             self.config.roi.binning,
             VolumeWorker() if self.config.archive is not None else None,
         )
+        self.adapter: Adapter | None = None
+        if self.config.adapt:
+            from .adaptation import Adapter
+
+            self.adapter = Adapter(self.reconstructor, self._models_dir())
         self._stop = threading.Event()
         self.failed = threading.Event()  # the worker could not go on: exit non-zero
         self._worker = threading.Thread(target=self._work, name="cdistream-worker", daemon=True)
         self.stopped = threading.Event()
 
+    def _models_dir(self) -> Path:
+        """Where adapted models are written: beside the archive, else in the temp folder."""
+        if self.config.archive is not None:
+            return Path(self.config.archive) / "models"
+        import tempfile
+
+        return Path(tempfile.gettempdir()) / f"cdistream-models-{os.getpid()}"
+
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self) -> Service:
         """Warm the networks up, then connect to the detector and start working."""
         self.reconstructor.warm_up()
+        if self.adapter is not None:
+            self.adapter.shipped_networks.warm_up()
         for dtype in ("uint16", "uint32"):  # what detectors send: compiled before the first
             warm(dtype)  # series, whose first frames would otherwise wait for it
         if self.config.refine_above is not None and not self.config.workers:
@@ -246,6 +266,8 @@ class Service:
         if self.runs.current is not None:  # the worker died: close what it left open
             self.runs.close("abort", ["the service stopped"])
         self.runs.drain_volumes(VOLUME_DRAIN_S)
+        if self.adapter is not None:
+            self.adapter.close()
         if self.pool is not None:
             self.pool.close()
         self.metrics.close()
@@ -327,9 +349,26 @@ class Service:
                 self._collect()
                 self._guarded("restart_workers", self._revive_workers)
             self._guarded("volumes", self.runs.poll_volumes)
+            if self.adapter is not None:
+                self._guarded("adapt", self._adapt)
             if time.monotonic() >= next_status:
                 log.info("status: %s queued=%d", self.accounting.snapshot(), len(self._queue))
                 next_status = time.monotonic() + self.config.status_interval
+
+    def _adapt(self) -> None:
+        self._use(self.adapter.poll())
+
+    def _use(self, change) -> None:
+        """Serve with the networks of ``change`` (a :class:`.adaptation.ModelChange`) from the
+        next micro-batch on, and say so in the open run."""
+        if change is None:
+            return
+        self.reconstructor.use_weights(change.weights, change.version)
+        self.accounting.notice(self.runs.run, "model_updated")
+        self.runs.model_changed(change.document())
+        log.info("now serving %s (was %s): %s, median chi2 %.4f -> %.4f", change.version,
+                 change.previous, change.reason, change.figures.get("chi2_serving", np.nan),
+                 change.figures.get("chi2_candidate", np.nan))
 
     def _control(self, work: RunStart | RunEnd | Rejection) -> None:
         if isinstance(work, RunStart):
@@ -404,12 +443,13 @@ class Service:
         reason = "inference_error"
         try:
             started = time.perf_counter()
+            versions = [self.reconstructor.version] * len(batch)
             if returned is None:
-                result, refined = self._reconstruct(batch, started)
+                result, refined, versions = self._reconstruct(batch, started)
             else:
                 result, refined = returned_results(returned)
             reason = "publish_error"
-            self._publish(batch, result, refined, started)
+            self._publish(batch, result, refined, started, versions)
         except Exception:  # one bad batch must not stop the service: count, go on
             log.exception("%s on %d frames", reason, len(batch))
             for item in batch:
@@ -418,15 +458,24 @@ class Service:
                               Rejection(item.run, item.frame, reason))
 
     def _reconstruct(self, batch: list[FrameItem], started: float):
-        """The batch through the networks here, refined where the gate says so."""
+        """The batch through the networks here, refined where the gate says so; and which
+        networks made each frame."""
         magnitudes, valid = FrameQueue.stack(batch)
         refine = self.config.refine_above is not None
+        networks = self.reconstructor
+        versions = [networks.version] * len(batch)
+        weak = self.adapter.weak(batch) if self.adapter is not None else None
+        if weak is not None and weak.any():  # a learnt model is not for these: the shipped one
+            from .adaptation import RoutedNetworks
+
+            networks = RoutedNetworks(self.reconstructor, self.adapter.shipped_networks, weak)
+            versions = networks.versions()
         outcome = self.gate.reconstruct(
-            self.reconstructor, magnitudes, valid, refine, lambda: self._refine_budget(started)
+            networks, magnitudes, valid, refine, lambda: self._refine_budget(started)
         )
         if outcome.skipped:
             self.accounting.notice(batch[0].run, "refine_skipped", outcome.skipped)
-        return outcome.result, outcome.refined
+        return outcome.result, outcome.refined, versions
 
     def _refine_budget(self, started: float) -> float:
         """Seconds the gate may refine for. Nothing waiting: every flagged frame (latency is
@@ -439,12 +488,15 @@ class Service:
             self._full_batch_s, time.perf_counter() - started
         )
 
-    def _publish(self, batch: list[FrameItem], result, refined, started: float) -> None:
+    def _publish(self, batch: list[FrameItem], result, refined, started: float,
+                 versions: list[str]) -> None:
         """Register on the run's previous frame, compose the events, archive, show."""
         run = batch[0].run
         trusted = result.chi2 <= self.gate.threshold
         result = self.registration.register(result)
-        self.runs.reconstructions(batch, result, refined, trusted)
+        self.runs.reconstructions(batch, result, refined, trusted, versions)
+        if self.adapter is not None:
+            self.adapter.observe(batch)
         self.accounting.reconstructed(run, len(batch))  # published: counted once, here
         now = time.time()
         self.metrics.batch_size.observe(len(batch))
@@ -473,6 +525,9 @@ class Service:
     def _open_run(self, opened: RunStart) -> None:
         start, sampling = opened.start, opened.sampling
         self.registration.reset()
+        change = self.adapter.series_started() if self.adapter is not None else None
+        if change is not None:
+            self.reconstructor.use_weights(change.weights, change.version)
         detector, notices = document_safe(start.meta or {})
         for notice in notices:
             log.warning("series %d metadata: %s", start.series, notice)
@@ -488,6 +543,8 @@ class Service:
             "detector_dtype": start.dtype,
             "detector": detector,
             "model": self.reconstructor.source,
+            "model_version": self.reconstructor.version,
+            "adapt": self.adapter is not None,
             "device": self.reconstructor.device,
             "roi": asdict(replace(self.config.roi, binning=sampling.binning) if sampling
                           else self.config.roi),
@@ -500,8 +557,13 @@ class Service:
             "cdistream_version": __version__,
         }
         self.runs.open(opened, metadata, detector, str(uuid.uuid4()))
+        if change is not None:  # back to the shipped model: said in the new run
+            self.accounting.notice(opened.run, "model_updated")
+            self.runs.model_changed(change.document())
 
     def _end_run(self, ended: RunEnd) -> None:
         self._publish_dropped()
+        if self.adapter is not None:
+            self.adapter.series_ended()
         self.runs.end(ended)
 

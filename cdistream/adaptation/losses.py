@@ -1,5 +1,6 @@
-"""Training loss that respects the ambiguities of the inverse problem, written in ``keras.ops``
-so that it runs on any Keras backend (TensorFlow on the CPU, JAX on a GPU):
+"""The networks' loss, for training and the per-sample adaptation alike: it respects the
+ambiguities of the inverse problem, written in ``keras.ops`` so that it runs on any Keras
+backend (TensorFlow on the CPU, JAX on a GPU):
 
 - targets are centred (translation fixed) and each pattern is scored against whichever of the
   object and its twin image the network chose;
@@ -19,12 +20,48 @@ from keras import ops
 __all__ = [
     "amplitude_misfit",
     "cdi_loss",
+    "intensity_misfit",
     "outside_support",
     "reciprocal_misfit",
     "twin_targets",
 ]
 
 EPS = 1e-6
+
+
+def _far_field_power(amp_pred, phase_pred):
+    """|FT(a exp(i phi))|^2 per pattern, zero frequency at N//2."""
+    n = amp_pred.shape[1]
+    real, imag = ops.fft2((amp_pred * ops.cos(phase_pred), amp_pred * ops.sin(phase_pred)))
+    return ops.roll(real * real + imag * imag, (n // 2, n // 2), axis=(1, 2))
+
+
+def _scaled_misfit(measured, model):
+    """||measured - s model||^2 / ||measured||^2 per pattern, s the least-squares scale."""
+    scale = ops.sum(measured * model, axis=(1, 2)) / (ops.sum(model * model, axis=(1, 2)) + EPS)
+    residual = measured - scale[:, None, None] * model
+    return ops.sum(residual * residual, axis=(1, 2)) / (ops.sum(measured**2, axis=(1, 2)) + EPS)
+
+
+def reciprocal_misfit(amp_pred, phase_pred, magnitudes, valid):
+    """Per pattern: || m - s |FT(a exp(i phi))| ||^2 / ||m||^2 over the valid pixels, with the
+    least-squares scale s (the measured scale is arbitrary); zero frequency at N//2."""
+    model = ops.sqrt(_far_field_power(amp_pred, phase_pred) + EPS) * valid
+    return _scaled_misfit(magnitudes * valid, model)
+
+
+def intensity_misfit(amp_pred, phase_pred, magnitudes, valid):
+    """Per pattern: the product's chi2 (:func:`cdistream.physics.chi2`), sum((I - s I')^2) /
+    sum(I^2) over the valid pixels with the least-squares scale s: it weighs the bright centre
+    of the pattern, where the crystal's size and envelope are decided, far above the fringes."""
+    model = _far_field_power(amp_pred, phase_pred) * valid
+    measured = magnitudes * magnitudes * valid
+    # each scaled to a maximum of 1, as the product does, so that float32 sums stay exact
+    model = model / (ops.max(model, axis=(1, 2), keepdims=True) + EPS)
+    measured = measured / (ops.max(measured, axis=(1, 2), keepdims=True) + EPS)
+    return _scaled_misfit(measured, model)
+
+
 SUPPORT_LEVEL = 0.05  # a target's support: amplitude above this (of its maximum, 1)
 
 
@@ -76,39 +113,6 @@ def _branch(amp_true, phase_true, amp_pred, phase_pred, phase_weight: float,
     return total, bce, phase
 
 
-def _far_field_power(amp_pred, phase_pred):
-    """|FT(a exp(i phi))|^2 per pattern, zero frequency at N//2."""
-    n = amp_pred.shape[1]
-    real, imag = ops.fft2((amp_pred * ops.cos(phase_pred), amp_pred * ops.sin(phase_pred)))
-    return ops.roll(real * real + imag * imag, (n // 2, n // 2), axis=(1, 2))
-
-
-def _scaled_misfit(measured, model):
-    """||measured - s model||^2 / ||measured||^2 per pattern, s the least-squares scale."""
-    scale = ops.sum(measured * model, axis=(1, 2)) / (ops.sum(model * model, axis=(1, 2)) + EPS)
-    residual = measured - scale[:, None, None] * model
-    return ops.sum(residual * residual, axis=(1, 2)) / (ops.sum(measured**2, axis=(1, 2)) + EPS)
-
-
-def reciprocal_misfit(amp_pred, phase_pred, magnitudes, valid):
-    """Per pattern: || m - s |FT(a exp(i phi))| ||^2 / ||m||^2 over the valid pixels, with the
-    least-squares scale s (the measured scale is arbitrary); zero frequency at N//2."""
-    model = ops.sqrt(_far_field_power(amp_pred, phase_pred) + EPS) * valid
-    return _scaled_misfit(magnitudes * valid, model)
-
-
-def intensity_misfit(amp_pred, phase_pred, magnitudes, valid):
-    """Per pattern: the product's chi2 (:func:`cdistream.physics.chi2`), sum((I - s I')^2) /
-    sum(I^2) over the valid pixels with the least-squares scale s: it weighs the bright centre
-    of the pattern, where the crystal's size and envelope are decided, far above the fringes."""
-    model = _far_field_power(amp_pred, phase_pred) * valid
-    measured = magnitudes * magnitudes * valid
-    # each scaled to a maximum of 1, as the product does, so that float32 sums stay exact
-    model = model / (ops.max(model, axis=(1, 2), keepdims=True) + EPS)
-    measured = measured / (ops.max(measured, axis=(1, 2), keepdims=True) + EPS)
-    return _scaled_misfit(measured, model)
-
-
 def outside_support(amp_true, amp_pred, grow: int = 2):
     """Per pattern: the mean predicted amplitude outside the target's support and its twin's,
     both grown by ``grow`` pixels: amplitude the crystal cannot have. The reciprocal term alone
@@ -134,11 +138,13 @@ def cdi_loss(
     support_weight: float = 0.0,
     intensity_weight: float = 0.0,
     amplitude_weight: float = 0.0,
+    per_pattern: bool = False,
 ):
     """Per-batch mean of min(loss vs target, loss vs twin), the amplitude L1 counting in that
     choice, plus the reciprocal-space misfits (of magnitudes and of intensities) and the
     amplitude outside the support, each weighted.
-    Returns (total, amplitude BCE, phase MSE, reciprocal misfit), each a scalar."""
+    Returns (total, amplitude BCE, phase MSE, reciprocal misfit), each a scalar; with
+    ``per_pattern`` the total alone, per pattern."""
     direct = _branch(amp_true, phase_true, amp_pred, phase_pred, phase_weight, amplitude_weight)
     amp_twin, phase_twin = twin_targets(amp_true, phase_true)
     flipped = _branch(amp_twin, phase_twin, amp_pred, phase_pred, phase_weight, amplitude_weight)
@@ -153,4 +159,6 @@ def cdi_loss(
         total = total + support_weight * outside_support(amp_true, amp_pred)
     if intensity_weight and magnitudes is not None:
         total = total + intensity_weight * intensity_misfit(amp_pred, phase_pred, magnitudes, valid)
+    if per_pattern:
+        return total
     return ops.mean(total), ops.mean(bce), ops.mean(phase), ops.mean(recip)

@@ -1,0 +1,1 @@
+"""The networks adapted to the sample in front of the beam."""
