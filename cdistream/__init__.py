@@ -22,7 +22,9 @@ __all__ = [
     "Rejected",
     "Reconstruction",
     "Reconstructor",
+    "TuneSettings",
     "__version__",
+    "adapt_files",
     "compare",
 ]
 
@@ -31,6 +33,8 @@ _LAZY = {
     "Reconstructor": "cdistream.inference",
     "Comparison": "cdistream.physics",
     "compare": "cdistream.physics",
+    "TuneSettings": "cdistream.adaptation.tuning",
+    "adapt_files": "cdistream.offline_adapt",
 }
 
 

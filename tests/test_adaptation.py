@@ -31,7 +31,7 @@ from sim_detector.replay import open_frames
 from training.adaptation_live import crystal_series
 
 from .conftest import LOOPBACK, validate
-from .test_service import accounted, start_service
+from .test_service import accounted, send_series, start_service
 
 SCAN = Path(__file__).resolve().parents[2] / "shared/data/aps-34idc-au-scan54/frames"
 needs_scan = pytest.mark.skipif(not SCAN.is_dir(), reason=f"the real scan is not at {SCAN}")
@@ -172,7 +172,8 @@ def test_serve_adapt_learns_the_scan_goes_back_for_another_crystal_and_recognise
     # the scan again: recognised after its first frames
     recognised = [c for c in changes[2] if c["reason"] == "recognised"]
     assert recognised and recognised[0]["chi2_after"] < recognised[0]["chi2_shipped"]
-    assert runs[2]["events"][-1]["data"]["model_version"] != first
+    again_served = {e["data"]["model_version"] for e in runs[2]["events"]}
+    assert recognised[0]["version"] in again_served
 
 
 def _by_run(sink) -> list[dict]:
@@ -187,3 +188,23 @@ def _by_run(sink) -> list[dict]:
             run, stream = streams[doc["descriptor"]]
             runs[run]["events" if stream == "primary" else "model"].append(doc)
     return list(runs.values())
+
+
+def test_a_round_that_cannot_start_costs_no_frame_and_no_run(tiny_reconstructor, context,
+                                                             tmp_path):
+    (tmp_path / "models").write_text("a file where the models directory should be")
+    with DetectorPublisher(LOOPBACK, context=context) as pub:
+        service, sink = start_service(tiny_reconstructor, context, pub, adapt=True)
+        service.adapter = Adapter(service.reconstructor, tmp_path / "models", FEW_STEPS, 8)
+        try:
+            send_series(pub, 40, rate=400)
+            sink.collect(timeout=60)
+        finally:
+            counts = service.stop()
+    assert counts["received"] == 40 == counts["reconstructed"]
+    (stop,) = sink.of("stop")
+    assert stop["exit_status"] == "success"
+    assert stop["cdistream"]["notices"]["adapt_failed"] >= 1
+    assert service.adapter.failures >= 1
+    versions = {e["data"]["model_version"] for e in sink.events()}
+    assert versions == {tiny_reconstructor.version}

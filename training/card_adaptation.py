@@ -23,14 +23,16 @@ def _row(name: str, s: dict) -> str:
 
 
 def _met(after: dict) -> str:
+    """Each bar, met or not, with the figures against our 3D slices / cohere-core's."""
     said = []
     for key, bar in BARS.items():
-        for engine in ("ours", "cohere"):
-            if engine not in after:
-                continue
-            v = after[engine][key] if key == "chi2_ratio" else after[engine][key]["median"]
-            ok = v <= bar if key != "iou" else v >= bar
-            said.append(f"{key} vs {engine}'s slices {'met' if ok else 'NOT met'}")
+        values = [after[e][key] if key == "chi2_ratio" else after[e][key]["median"]
+                  for e in ("ours", "cohere") if e in after]
+        ok = all(v >= bar for v in values) if key == "iou" else all(v <= bar for v in values)
+        shown = " / ".join(f"{v:.2f}x" if key == "chi2_ratio" else f"{v:.3f}" for v in values)
+        name = {"chi2_ratio": "chi2 <= 1.5x the slices'", "iou": "support IoU >= 0.85",
+                "phase": "phase <= 0.25 rad"}[key]
+        said.append(f"{name}: {'met' if ok else 'not met'} ({shown})")
     return "; ".join(said)
 
 
@@ -54,8 +56,7 @@ def _offline(a: dict) -> list[str]:
     ]
     if a["after"] is not None:
         lines += [_row(f"adapted ({a.get('version', '')})", a["after"]), "",
-                  f"Against the bars (chi2 <= 1.5x the slices', IoU >= 0.85, phase <= 0.25"
-                  f" rad): {_met(a['after'])}."]
+                  f"Against the bars, on the frames it never saw: {_met(a['after'])}."]
     return lines
 
 
@@ -116,4 +117,27 @@ def adaptation_section(offline: dict | None, live: dict | None) -> list[str]:
         lines += _offline(offline)
     if live is not None:
         lines += _live(live)
-    return [*lines, ""]
+    return [*lines, "", *LIMITS, ""]
+
+
+LIMITS = [
+    "Limits, measured by hand on this machine:",
+    "",
+    "- The bars of chi2 and phase are not met. Weighting the refined labels 1 instead of 10,"
+    " with 600 steps instead of 300, fits the odd frames closer (chi2 0.0125: 3.3x our"
+    " slices', 1.2x cohere-core's), but draws them less like the slices (IoU 0.830 / 0.867,"
+    " phase 0.271 / 0.465 rad). It also generalises worse to frames later in the scan: tuned"
+    " on frames 83 to 107 and scored on the falling flank's 108 to 114, its chi2 goes from"
+    " 0.0802 to 0.0842, against 0.0698 with the defaults. Without labels (300 steps) it is"
+    " 0.1012. The shipped defaults are the ones that improve both the held-out and the later"
+    " frames.",
+    "- Labels from the scan's even frames alone, phased in 3D, are no help: that cube misfits"
+    " its frames as badly as the networks do (chi2 0.032 against 0.004 for the whole scan's),"
+    " since every other rocking step is missing.",
+    "- Live at 2 frames/s, the scan's frames with signal (83 to 115) pass in 16 s, about as"
+    " long as one round. The first pass is served by the shipped model throughout: its learnt"
+    " models come too late, and frames without signal always go to the shipped model. The"
+    " second pass is served by the model learnt in the first once a probe recognises it.",
+    "- The PVA workers (`--workers`) do not load adapted networks: `--adapt --workers` is"
+    " refused.",
+]

@@ -16,7 +16,9 @@ worker thread only hands it frames and swaps weights between micro-batches:
 
 Only frames holding at least ``TuneSettings.min_share`` of the series' brightest frame's counts
 are learnt from, judged on and served by a learnt model: off the Bragg condition a frame holds
-little but noise, and the shipped model serves it (:class:`RoutedNetworks`).
+little but noise, and the shipped model serves it. Each frame with signal is served by the
+learnt model only where it fits the pattern at least as well as the shipped one
+(:class:`RoutedNetworks`).
 
 Every change is a :class:`ModelChange` that the service applies and announces."""
 
@@ -40,6 +42,7 @@ from cdistream.adaptation.rounds import judge_round, one_quiet_thread, tune_roun
 from cdistream.adaptation.tuning import TuneSettings
 from cdistream.adaptation.versions import ModelVersion
 from cdistream.inference import Reconstructor
+from cdistream.inference.result import finish
 
 from .queue import FrameItem
 
@@ -54,6 +57,7 @@ LATER_FRAMES = 16  # at most this many frames that came while a round learnt joi
 ROUND_CAP = 256  # a round learns from at most the series' latest this many frames
 LEARNT_KEPT = 4  # models learnt before that a new series may go back to
 JOB_TIMEOUT_S = 600.0  # a job that takes longer is given up (its process stopped)
+RETRY_S = 30.0  # after a round could not start, the next try waits this long
 
 
 @dataclass
@@ -113,6 +117,8 @@ class Adapter:
         self._pool: ProcessPoolExecutor | None = None
         self._accepted = 0
         self._open = False  # a series is being measured
+        self.failures = 0  # rounds that could not start
+        self._retry_at = 0.0
 
     # -- what the service tells it ------------------------------------------------------------
     def series_started(self) -> ModelChange | None:
@@ -159,15 +165,24 @@ class Adapter:
                         JOB_TIMEOUT_S)
             self._job = None
             self._stop_pool()
-        if self._job is None:
-            self._start_next()
+        if self._job is None and time.monotonic() >= self._retry_at:
+            try:
+                self._start_next()
+            except Exception:  # no round is worth a run: logged, counted, tried again later
+                self.failures += 1
+                self._retry_at = time.monotonic() + RETRY_S
+                self._stop_pool()
+                log.exception("an adaptation round could not start (%d so far); next try in"
+                              " %.0f s", self.failures, RETRY_S)
+                raise
         return change
 
     def weak(self, batch: list[FrameItem]) -> np.ndarray | None:
         """Which frames of ``batch`` the shipped model serves while a learnt one is in
         service: those holding less than the tuning's share of the series' brightest frame's
         counts (a model learns, and is judged, only where the sample's pattern stands above
-        the noise). None when the shipped model serves them all anyway."""
+        the noise; the others are tried on both, :class:`RoutedNetworks`). None when the
+        shipped model serves them all anyway."""
         if self.serving is self.shipped:
             return None
         totals = np.array([float((i.crop.counts * i.crop.valid).sum()) for i in batch])
@@ -316,21 +331,31 @@ class Adapter:
 
 
 class RoutedNetworks:
-    """The networks of a micro-batch when it is split: the learnt model for the frames
-    ``weak`` is False for, the shipped one for the others (:meth:`Adapter.weak`); what the
-    trust gate calls ``predict`` on."""
+    """The networks of a micro-batch while a learnt model is in service: the shipped networks
+    infer every frame, the learnt ones the frames with signal (``weak`` False,
+    :meth:`Adapter.weak`), and each frame keeps whichever fits its pattern better (the
+    product's chi2), so that no frame is served by a model worse than the shipped one there;
+    what the trust gate calls ``predict`` on. The cost: both networks on the frames with
+    signal."""
 
     def __init__(self, learnt: Reconstructor, shipped: Reconstructor, weak: np.ndarray):
         self.learnt, self.shipped, self.weak = learnt, shipped, weak
+        self.chosen = np.zeros(len(weak), bool)  # per frame: the learnt networks' output kept
 
     def predict(self, magnitudes: np.ndarray, valid: np.ndarray | None = None):
-        amplitude = np.empty(magnitudes.shape, np.float32)
-        phase = np.empty(magnitudes.shape, np.float32)
-        for networks, rows in ((self.learnt, ~self.weak), (self.shipped, self.weak)):
-            if rows.any():
-                part = None if valid is None else valid[rows]
-                amplitude[rows], phase[rows] = networks.predict(magnitudes[rows], part)
+        amplitude, phase = self.shipped.predict(magnitudes, valid)
+        rows = np.flatnonzero(~self.weak)
+        if len(rows):
+            part = None if valid is None else valid[rows]
+            learnt = self.learnt.predict(magnitudes[rows], part)
+            fits = finish(magnitudes[rows], *learnt, part).chi2
+            shipped = finish(magnitudes[rows], amplitude[rows], phase[rows], part).chi2
+            better = fits <= shipped
+            amplitude[rows[better]] = learnt[0][better]
+            phase[rows[better]] = learnt[1][better]
+            self.chosen[rows[better]] = True
         return amplitude, phase
 
     def versions(self) -> list[str]:
-        return [self.shipped.version if w else self.learnt.version for w in self.weak]
+        """Which networks made each frame (after :meth:`predict`)."""
+        return [self.learnt.version if c else self.shipped.version for c in self.chosen]

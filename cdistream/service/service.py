@@ -350,13 +350,19 @@ class Service:
                 self._guarded("restart_workers", self._revive_workers)
             self._guarded("volumes", self.runs.poll_volumes)
             if self.adapter is not None:
-                self._guarded("adapt", self._adapt)
+                self._adapt()
             if time.monotonic() >= next_status:
                 log.info("status: %s queued=%d", self.accounting.snapshot(), len(self._queue))
                 next_status = time.monotonic() + self.config.status_interval
 
     def _adapt(self) -> None:
-        self._use(self.adapter.poll())
+        """The adaptation's next step. Its failure never costs a run: the frames are served
+        by the model in service, the failure is logged and counted (``adapt_failed``)."""
+        try:
+            self._use(self.adapter.poll())
+        except Exception:
+            log.exception("adaptation failed; serving on with %s", self.reconstructor.version)
+            self.accounting.notice(self.runs.run, "adapt_failed")
 
     def _use(self, change) -> None:
         """Serve with the networks of ``change`` (a :class:`.adaptation.ModelChange`) from the
@@ -465,14 +471,15 @@ class Service:
         networks = self.reconstructor
         versions = [networks.version] * len(batch)
         weak = self.adapter.weak(batch) if self.adapter is not None else None
-        if weak is not None and weak.any():  # a learnt model is not for these: the shipped one
+        if weak is not None:  # a learnt model serves: only where it fits better than shipped
             from .adaptation import RoutedNetworks
 
             networks = RoutedNetworks(self.reconstructor, self.adapter.shipped_networks, weak)
-            versions = networks.versions()
         outcome = self.gate.reconstruct(
             networks, magnitudes, valid, refine, lambda: self._refine_budget(started)
         )
+        if weak is not None:
+            versions = networks.versions()
         if outcome.skipped:
             self.accounting.notice(batch[0].run, "refine_skipped", outcome.skipped)
         return outcome.result, outcome.refined, versions
