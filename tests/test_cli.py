@@ -12,6 +12,7 @@ import time
 import numpy as np
 import pytest
 
+from cdistream.cli import _model_lines
 from cdistream.demo import run_demo
 from cdistream.wire import Frame, SeriesStart
 from sim_detector import DetectorModel, DetectorPublisher, Scenario, scenario_frames
@@ -81,6 +82,8 @@ def test_demo_runs_the_whole_loop(tmp_path):
     assert len(result.events) == counts["reconstructed"]
     assert result.archive.exists() and result.figure.exists()
     assert np.median(result.iou) > 0.7
+    assert all(e["data"]["model_version"].startswith("shipped-") for e in result.events)
+    assert _model_lines(result)[0].startswith("model: no update")  # 40 frames: no round ends
 
 
 @pytest.mark.slow

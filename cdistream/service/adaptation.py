@@ -16,9 +16,10 @@ worker thread only hands it frames and swaps weights between micro-batches:
 
 Only frames holding at least ``TuneSettings.min_share`` of the series' brightest frame's counts
 are learnt from, judged on and served by a learnt model: off the Bragg condition a frame holds
-little but noise, and the shipped model serves it. Each frame with signal is served by the
-learnt model only where it fits the pattern at least as well as the shipped one
-(:class:`RoutedNetworks`).
+little but noise, and the shipped model serves it (:class:`RoutedNetworks`). While a learnt
+model serves, every :data:`WATCH_FRAMES` new frames (at most every :data:`WATCH_S`) it is tried
+against the shipped one on the latest frames with signal, in the same process; where the
+shipped one fits them better, the service goes back to it (``no_longer_fits``).
 
 Every change is a :class:`ModelChange` that the service applies and announces."""
 
@@ -42,7 +43,6 @@ from cdistream.adaptation.rounds import judge_round, one_quiet_thread, tune_roun
 from cdistream.adaptation.tuning import TuneSettings
 from cdistream.adaptation.versions import ModelVersion
 from cdistream.inference import Reconstructor
-from cdistream.inference.result import finish
 
 from .queue import FrameItem
 
@@ -58,6 +58,9 @@ ROUND_CAP = 256  # a round learns from at most the series' latest this many fram
 LEARNT_KEPT = 4  # models learnt before that a new series may go back to
 JOB_TIMEOUT_S = 600.0  # a job that takes longer is given up (its process stopped)
 RETRY_S = 30.0  # after a round could not start, the next try waits this long
+WATCH_FRAMES = 16  # while a learnt model serves, it is tried against the shipped one on the
+# latest this many frames with signal, every this many new frames but at most every WATCH_S:
+WATCH_S = 10.0  # each try hands both models' weights to the process, the service's own time
 
 
 @dataclass
@@ -119,12 +122,15 @@ class Adapter:
         self._open = False  # a series is being measured
         self.failures = 0  # rounds that could not start
         self._retry_at = 0.0
+        self._watched_at = 0  # frames of the series at the last watch
+        self._watch_due = 0.0  # monotonic time before which no watch starts
 
     # -- what the service tells it ------------------------------------------------------------
     def series_started(self) -> ModelChange | None:
         """A new series: back to the shipped model until its first frames say otherwise."""
         self._series += 1
         self._frames, self._last_round, self._probed_at, self._brightest = [], 0, None, 0.0
+        self._watched_at = 0
         self._open = True
         if self.serving is self.shipped:
             return None
@@ -146,6 +152,7 @@ class Adapter:
             drop = len(self._frames) - 2 * ROUND_CAP
             del self._frames[:drop]
             self._last_round = max(self._last_round - drop, 0)
+            self._watched_at = max(self._watched_at - drop, 0)
             if self._probed_at is not None:
                 self._probed_at = max(self._probed_at - drop, 0)
 
@@ -181,8 +188,8 @@ class Adapter:
         """Which frames of ``batch`` the shipped model serves while a learnt one is in
         service: those holding less than the tuning's share of the series' brightest frame's
         counts (a model learns, and is judged, only where the sample's pattern stands above
-        the noise; the others are tried on both, :class:`RoutedNetworks`). None when the
-        shipped model serves them all anyway."""
+        the noise; :class:`RoutedNetworks`). None when the shipped model serves them all
+        anyway."""
         if self.serving is self.shipped:
             return None
         totals = np.array([float((i.crop.counts * i.crop.valid).sum()) for i in batch])
@@ -237,6 +244,16 @@ class Adapter:
                 models[self.shipped.version] = self.shipped.weights
                 self._submit("probe", judge_round, models, *self._stack(rows), frames=rows)
                 return
+        if (self.serving is not self.shipped and count - self._watched_at >= WATCH_FRAMES
+                and time.monotonic() >= self._watch_due):
+            self._watched_at = count  # does the learnt model still fit the sample better?
+            self._watch_due = time.monotonic() + WATCH_S
+            rows = self._with_signal(list(range(count)))[-WATCH_FRAMES:]
+            if rows:
+                models = {"serving": self.serving.weights, "shipped": self.shipped.weights}
+                self._submit("watch", judge_round, models, *self._stack(rows), frames=rows,
+                             base=self.serving)
+                return
         if count - self._last_round < self.round_frames:
             return
         self._last_round = count
@@ -259,6 +276,8 @@ class Adapter:
             return None
         if job.kind == "probe":
             return self._probed(job, result) if self._open else None
+        if job.kind == "watch":
+            return self._watched(job, result) if self._open else None
         if job.kind == "tune":
             later = list(range(job.context["end"], len(self._frames)))[-LATER_FRAMES:]
             judge_rows = job.context["judge"] + self._with_signal(later)
@@ -282,6 +301,18 @@ class Adapter:
         figures = {"chi2_serving": shipped, "chi2_candidate": medians[best],
                    "chi2_shipped": shipped, "judged_frames": record["frames"]}
         return self._change(model, "recognised", figures)
+
+    def _watched(self, job: _Job, chi2: dict[str, list[float]]) -> ModelChange | None:
+        """Back to the shipped model when it fits the latest frames better than the learnt."""
+        serving, shipped = (float(np.median(chi2[k])) for k in ("serving", "shipped"))
+        self.rounds.append({"series": job.series, "kind": "watch", "version":
+                            job.context["base"].version, "chi2_serving": serving,
+                            "chi2_shipped": shipped, "frames": len(job.context["frames"])})
+        if serving <= shipped or self.serving is not job.context["base"]:
+            return None
+        figures = {"chi2_serving": serving, "chi2_candidate": shipped, "chi2_shipped": shipped,
+                   "judged_frames": len(job.context["frames"])}
+        return self._change(self.shipped, "no_longer_fits", figures)
 
     def _judged(self, job: _Job, chi2: dict[str, list[float]]) -> ModelChange | None:
         context, tuned = job.context, job.context["tune"]
@@ -326,36 +357,28 @@ class Adapter:
     def _change(self, model: ModelVersion, reason: str, figures: dict | None = None
                 ) -> ModelChange:
         previous, self.serving = self.serving, model
+        self._watched_at = len(self._frames)
         return ModelChange(model.version, previous.version, reason, model.weights,
                            figures or {}, model.path or "")
 
 
 class RoutedNetworks:
-    """The networks of a micro-batch while a learnt model is in service: the shipped networks
-    infer every frame, the learnt ones the frames with signal (``weak`` False,
-    :meth:`Adapter.weak`), and each frame keeps whichever fits its pattern better (the
-    product's chi2), so that no frame is served by a model worse than the shipped one there;
-    what the trust gate calls ``predict`` on. The cost: both networks on the frames with
-    signal."""
+    """The networks of a micro-batch while a learnt model is in service: the learnt networks
+    for the frames with signal (``weak`` False, :meth:`Adapter.weak`), the shipped ones for
+    the others; what the trust gate calls ``predict`` on."""
 
     def __init__(self, learnt: Reconstructor, shipped: Reconstructor, weak: np.ndarray):
         self.learnt, self.shipped, self.weak = learnt, shipped, weak
-        self.chosen = np.zeros(len(weak), bool)  # per frame: the learnt networks' output kept
 
     def predict(self, magnitudes: np.ndarray, valid: np.ndarray | None = None):
-        amplitude, phase = self.shipped.predict(magnitudes, valid)
-        rows = np.flatnonzero(~self.weak)
-        if len(rows):
-            part = None if valid is None else valid[rows]
-            learnt = self.learnt.predict(magnitudes[rows], part)
-            fits = finish(magnitudes[rows], *learnt, part).chi2
-            shipped = finish(magnitudes[rows], amplitude[rows], phase[rows], part).chi2
-            better = fits <= shipped
-            amplitude[rows[better]] = learnt[0][better]
-            phase[rows[better]] = learnt[1][better]
-            self.chosen[rows[better]] = True
+        amplitude = np.empty(magnitudes.shape, np.float32)
+        phase = np.empty(magnitudes.shape, np.float32)
+        for networks, rows in ((self.learnt, ~self.weak), (self.shipped, self.weak)):
+            if rows.any():
+                part = None if valid is None else valid[rows]
+                amplitude[rows], phase[rows] = networks.predict(magnitudes[rows], part)
         return amplitude, phase
 
     def versions(self) -> list[str]:
-        """Which networks made each frame (after :meth:`predict`)."""
-        return [self.learnt.version if c else self.shipped.version for c in self.chosen]
+        """Which networks made each frame."""
+        return [self.shipped.version if w else self.learnt.version for w in self.weak]

@@ -471,7 +471,7 @@ class Service:
         networks = self.reconstructor
         versions = [networks.version] * len(batch)
         weak = self.adapter.weak(batch) if self.adapter is not None else None
-        if weak is not None:  # a learnt model serves: only where it fits better than shipped
+        if weak is not None:  # a learnt model serves: the frames with signal
             from .adaptation import RoutedNetworks
 
             networks = RoutedNetworks(self.reconstructor, self.adapter.shipped_networks, weak)
