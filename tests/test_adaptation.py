@@ -117,7 +117,9 @@ def test_serve_adapt_learns_the_scan_goes_back_for_another_crystal_and_recognise
         shipped, context, tmp_path):
     shape, mask, meta, frames = _scan_frames(84, 48)
     with DetectorPublisher(LOOPBACK, context=context) as pub:
-        service, sink = start_service(shipped, context, pub, archive=tmp_path, adapt=True)
+        # a copy: the service swaps weights in the reconstructor it is given
+        service, sink = start_service(shipped.copy(), context, pub, archive=tmp_path,
+                                      adapt=True)
         service.adapter = Adapter(service.reconstructor, tmp_path / "models", FEW_STEPS, 24)
         first = shipped.version
         recon = ReconstructionMonitor(service.feedback.address, name="recon")
@@ -148,6 +150,7 @@ def test_serve_adapt_learns_the_scan_goes_back_for_another_crystal_and_recognise
             recon.destroy()
     validate(sink.docs)
     assert counts["received"] == 48 + 24 + 24 == counts["reconstructed"] == accounted(counts)
+    assert service.reconstructor.version == first  # stopped, it is left as it came
     starts = sink.of("start")
     assert [s["model_version"] for s in starts] == [first] * 3  # every series starts shipped
     runs = _by_run(sink)

@@ -148,7 +148,7 @@ def _adapt_runs(rec: Reconstructor, capacity: float, quick: bool) -> dict:
     """At half the capacity: the latency while an adaptation round tunes (``serve --adapt``),
     and that of the same seconds of the same stream without it."""
     rate = 0.5 * capacity
-    frames = int(rate * (12 if quick else 50))
+    frames = int(rate * (4 if quick else 50))
     log.info("latency at %.0f frames/s while the networks adapt, and without", rate)
     adapting = end_to_end(rec, frames, rate, max_batch=MAX_BATCH, max_wait_ms=MAX_WAIT,
                           adapt=True)

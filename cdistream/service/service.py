@@ -266,8 +266,10 @@ class Service:
         if self.runs.current is not None:  # the worker died: close what it left open
             self.runs.close("abort", ["the service stopped"])
         self.runs.drain_volumes(VOLUME_DRAIN_S)
-        if self.adapter is not None:
+        if self.adapter is not None:  # the reconstructor is left with the weights it came with
             self.adapter.close()
+            shipped = self.adapter.shipped
+            self.reconstructor.use_weights(shipped.weights, shipped.version)
         if self.pool is not None:
             self.pool.close()
         self.metrics.close()
