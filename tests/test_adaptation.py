@@ -35,7 +35,7 @@ from .test_service import accounted, send_series, start_service
 
 SCAN = Path(__file__).resolve().parents[2] / "shared/data/aps-34idc-au-scan54/frames"
 needs_scan = pytest.mark.skipif(not SCAN.is_dir(), reason=f"the real scan is not at {SCAN}")
-FEW_STEPS = TuneSettings(steps=80)  # a reduced round: the full one is the model card's
+FEW_STEPS = TuneSettings(steps=60)  # a reduced round: the full one is the model card's
 
 
 def test_every_fourth_frame_is_held_out_and_frames_are_selected_by_name():
