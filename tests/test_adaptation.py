@@ -28,7 +28,7 @@ from cdistream.service.adaptation import PROBE_FRAMES, Adapter
 from cdistream.service.options import checked
 from sim_detector import DetectorPublisher
 from sim_detector.replay import open_frames
-from training.adaptation_live import crystal_series
+from training.adaptation_live import crystal_series, documents_by_run
 
 from .conftest import LOOPBACK, validate
 from .test_service import accounted, send_series, start_service
@@ -153,15 +153,15 @@ def test_serve_adapt_learns_the_scan_goes_back_for_another_crystal_and_recognise
     assert service.reconstructor.version == first  # stopped, it is left as it came
     starts = sink.of("start")
     assert [s["model_version"] for s in starts] == [first] * 3  # every series starts shipped
-    runs = _by_run(sink)
-    changes = [[e["data"] for e in r["model"]] for r in runs]
+    runs = documents_by_run(sink.docs)
+    changes = [r["model"] for r in runs]
     # the scan: learnt, better on frames the round never tuned on, then served
     learnt = [c for c in changes[0] if c["reason"] == "adapted"]
     assert learnt, service.adapter.rounds
     assert all(c["chi2_after"] < c["chi2_before"] for c in learnt)
     version = learnt[0]["version"]
     assert update["version"] == version and update["reason"] == "adapted"
-    served = [e["data"]["model_version"] for e in runs[0]["events"]]
+    served = [e["model_version"] for e in runs[0]["events"]]
     assert version in served and served[0] == first
     # frames off the Bragg condition (under 5% of the brightest's counts: frame 131's 1.7%)
     # are not the learnt model's: the shipped one serves them
@@ -175,22 +175,8 @@ def test_serve_adapt_learns_the_scan_goes_back_for_another_crystal_and_recognise
     # the scan again: recognised after its first frames
     recognised = [c for c in changes[2] if c["reason"] == "recognised"]
     assert recognised and recognised[0]["chi2_after"] < recognised[0]["chi2_shipped"]
-    again_served = {e["data"]["model_version"] for e in runs[2]["events"]}
+    again_served = {e["model_version"] for e in runs[2]["events"]}
     assert recognised[0]["version"] in again_served
-
-
-def _by_run(sink) -> list[dict]:
-    runs, streams = {}, {}
-    for name, doc in sink.docs:
-        if name == "start":
-            runs[doc["uid"]] = {"events": [], "model": []}
-        elif name == "descriptor":
-            streams[doc["uid"]] = (doc["run_start"], doc["name"])
-        elif name == "event" and streams.get(doc["descriptor"], ("", ""))[1] in ("primary",
-                                                                                 "model"):
-            run, stream = streams[doc["descriptor"]]
-            runs[run]["events" if stream == "primary" else "model"].append(doc)
-    return list(runs.values())
 
 
 def test_a_round_that_cannot_start_costs_no_frame_and_no_run(tiny_reconstructor, context,

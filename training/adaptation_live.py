@@ -33,7 +33,7 @@ from sim_detector.replay import open_frames
 
 from .realdata import default_scan
 
-__all__ = ["crystal_series", "run_live"]
+__all__ = ["crystal_series", "documents_by_run", "run_live"]
 
 log = logging.getLogger(__name__)
 
@@ -81,8 +81,8 @@ class _Documents:
                 self.docs.append((name.decode(), unpackb(payload)))
 
 
-def _runs(docs: list[tuple[str, dict]]) -> list[dict]:
-    """Per run: its start, primary events and model events, in order."""
+def documents_by_run(docs: list[tuple[str, dict]]) -> list[dict]:
+    """Per run, in order: its start, and the data of its primary and its model events."""
     runs, streams = {}, {}
     for name, doc in docs:
         if name == "start":
@@ -143,7 +143,7 @@ def run_live(rate: float = 2.0, seed: int = 7) -> dict:
                      for p in service.adapter.directory.glob("cdi_nn-*.keras")}
             # scored by a fresh copy: the service's own reconstructor ends on its last model
             scorer = Reconstructor.load(precision=shipped.precision)
-            return _figures(_runs(docs.docs), passes, rounds, counts, scorer, files)
+            return _figures(documents_by_run(docs.docs), passes, rounds, counts, scorer, files)
 
 
 def _medians(served: np.ndarray, other: np.ndarray, signal: np.ndarray) -> dict:
